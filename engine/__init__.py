@@ -1,0 +1,1 @@
+"""Training engine: config, losses, metrics, trainer, checkpoints, logging, distributed set-up."""

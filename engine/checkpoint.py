@@ -1,0 +1,134 @@
+"""Checkpoint files (DESIGN.md contract 4): plain dicts, atomic writes, safe loads, clear errors.
+
+A checkpoint is `torch.save` of a dict that `torch.load(..., weights_only=True)` accepts: tensors,
+numbers, strings, lists and dicts only. Pruned weights are stored as zeros in `model` and the mask
+set rides beside them, so a dense loader can read a sparse checkpoint and get the pruned network.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+FORMAT = "disparse-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit the model; one-line message."""
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_file(path: str | os.PathLike) -> dict:
+    """`torch.load(weights_only=True)` of any checkpoint-like file, with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({first[:160]})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint {path} does not hold a dict (got {type(data).__name__})")
+    return data
+
+
+def make_checkpoint(model_state: Mapping[str, torch.Tensor], config: Mapping, method: str,
+                    masks: Mapping[str, torch.Tensor] | None = None, sparsity: float = 0.0,
+                    **extra: Any) -> dict:
+    """The contract-4 dict. `extra` adds training state (iteration, optimizer, scheduler, rng, ...)."""
+    ckpt = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {k: v.detach().cpu() for k, v in model_state.items()},
+        "tasks": list(config["tasks"]),
+        "num_classes": list(config["num_classes"]),
+        "config": to_plain(config),
+        "method": method,
+        "sparsity": float(sparsity),
+    }
+    if masks is not None:
+        ckpt["masks"] = {k: v.detach().to("cpu", torch.bool) for k, v in masks.items()}
+    ckpt.update(extra)
+    return ckpt
+
+
+def is_ours(data: Mapping) -> bool:
+    return data.get("format") == FORMAT
+
+
+def load_checkpoint(path: str | os.PathLike, tasks: list[str] | None = None,
+                    num_classes: list[int] | None = None) -> dict:
+    """Read one of our checkpoints and check it fits the configured tasks and classes."""
+    data = read_file(path)
+    if not is_ours(data):
+        raise CheckpointError(f"{path} is not a {FORMAT} file (original-format state dicts load through "
+                              f"engine.original_import)")
+    if int(data.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path} has format version {data['version']}, this code reads up to {VERSION}")
+    check_tasks(data, tasks, num_classes, path)
+    return data
+
+
+def check_tasks(data: Mapping, tasks: list[str] | None, num_classes: list[int] | None, path: Any) -> None:
+    if tasks is not None and list(data.get("tasks", [])) != list(tasks):
+        raise CheckpointError(f"checkpoint {path} is for tasks {data.get('tasks')}, the config has {list(tasks)}")
+    if num_classes is not None and list(data.get("num_classes", [])) != list(num_classes):
+        raise CheckpointError(f"checkpoint {path} has num_classes {data.get('num_classes')}, "
+                              f"the config has {list(num_classes)}")
+
+
+def load_model_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Any = "checkpoint") -> None:
+    """`load_state_dict(strict=True)` with a one-line error listing missing/unexpected/mismatched keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or mismatched:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+        parts = []
+        if mismatched:
+            k = mismatched[0]
+            parts.append(f"shape mismatch at {show(mismatched)} ({tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+        if missing:
+            parts.append(f"missing {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {show(unexpected)}")
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def to_plain(obj: Any) -> Any:
+    """Nested config -> only dict/list/str/int/float/bool/None (what weights_only loading accepts)."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint config")

@@ -1,0 +1,196 @@
+"""Configuration: one YAML per dataset, `--set key=value` overrides, validation with one-line errors.
+
+A config is a plain nested dict (so it can be stored in checkpoints as plain types). The schema is
+the set of keys in `configs/nyuv2.yaml`-style files: `SCHEMA` below names every key and its type, so
+a typo or a wrong type fails at start-up with the key's dotted name rather than deep inside a run.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
+DATA_ENV_VAR = "DISPARSE_DATA"
+DATASETS = ("nyuv2", "cityscapes", "taskonomy", "synthetic")
+TASK_NAMES = ("seg", "sn", "depth", "keypoint", "edge")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line naming the key."""
+
+
+_NUM = (int, float)
+_OPT_STR = (str, type(None))
+
+# Dotted key -> accepted types. `dict` leaves are free-form mappings validated separately.
+SCHEMA: dict[str, Any] = {
+    "dataset": str, "data_root": _OPT_STR, "tasks": list, "num_classes": list, "loss_weights": list,
+    "model.width_mult": _NUM, "model.channels_last": bool,
+    "data.crop_h": int, "data.crop_w": int, "data.image_shape": list, "data.batch_size": int,
+    "data.test_batch_size": int, "data.num_workers": int, "data.mirror_normals": bool,
+    "train.max_iters": int, "train.lr": _NUM, "train.weight_decay": _NUM, "train.lr_decay_every": int,
+    "train.lr_decay_rate": _NUM, "train.val_every": int, "train.save_every": int, "train.log_every": int,
+    "train.precision": str,
+    "retrain.iters": int, "retrain.lr": _NUM,
+    "dynamic.end": int, "dynamic.interval": int, "dynamic.drop_fraction": _NUM, "dynamic.growth_splits": int,
+    "pruning.num_batches": int, "pruning.batch_size": int, "pruning.saliency": str, "pruning.pt_saliency": str,
+    "pruning.arbiter": str, "pruning.iou_keep_ratio": _NUM, "pruning.paper_keep_ratios": dict,
+    "lth.rounds": int, "lth.rewind_iter": int, "lth.iters_per_round": int,
+    "eval.metrics_compat": str,
+    "synthetic.n_train": int, "synthetic.n_test": int, "synthetic.size": list, "synthetic.seed": int,
+}
+OPTIONAL_SECTIONS = ("synthetic",)
+CHOICES = {
+    "dataset": DATASETS, "train.precision": ("fp32", "bf16", "amp"),
+    "eval.metrics_compat": ("standard", "adashare"),
+}
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and SCHEMA.get(dotted) is not dict:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key {dotted!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def _type_name(types: Any) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def validate(config: Mapping) -> None:
+    """Raise ConfigError (one line, naming the key) for unknown keys, wrong types or inconsistent lists."""
+    flat = _flatten(config)
+    for key in flat:
+        if key not in SCHEMA:
+            raise ConfigError(f"unknown config key {key!r}")
+    for key, types in SCHEMA.items():
+        if key.split(".")[0] in OPTIONAL_SECTIONS and key.split(".")[0] not in config:
+            continue
+        if key not in flat:
+            raise ConfigError(f"config key {key!r} is missing")
+        value = flat[key]
+        if isinstance(value, bool) and types is not bool and bool not in (types if isinstance(types, tuple) else ()):
+            raise ConfigError(f"config key {key!r} must be {_type_name(types)}, got {value!r}")
+        if not isinstance(value, types):
+            raise ConfigError(f"config key {key!r} must be {_type_name(types)}, got {value!r}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"config key {key!r} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    tasks, classes, weights = config["tasks"], config["num_classes"], config["loss_weights"]
+    if not tasks:
+        raise ConfigError("config key 'tasks' must list at least one task")
+    if len({len(tasks), len(classes), len(weights)}) != 1:
+        raise ConfigError(f"config keys 'tasks', 'num_classes', 'loss_weights' must have the same length, "
+                          f"got {len(tasks)}, {len(classes)}, {len(weights)}")
+    for task in tasks:
+        if task not in TASK_NAMES:
+            raise ConfigError(f"config key 'tasks': unknown task {task!r} (expected some of {', '.join(TASK_NAMES)})")
+    if len(set(tasks)) != len(tasks):
+        raise ConfigError(f"config key 'tasks' lists a task twice: {tasks}")
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in classes):
+        raise ConfigError(f"config key 'num_classes' must hold positive ints, got {classes}")
+    if not all(isinstance(w, _NUM) and not isinstance(w, bool) for w in weights):
+        raise ConfigError(f"config key 'loss_weights' must hold numbers, got {weights}")
+    shape = config["data"]["image_shape"]
+    if len(shape) != 2 or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ConfigError(f"config key 'data.image_shape' must be [height, width], got {shape}")
+    for key in ("data.crop_h", "data.crop_w", "data.batch_size", "data.test_batch_size", "train.max_iters",
+                "pruning.num_batches", "pruning.batch_size", "dynamic.interval", "dynamic.growth_splits"):
+        if flat[key] <= 0:
+            raise ConfigError(f"config key {key!r} must be positive, got {flat[key]}")
+    if not 0 < flat["model.width_mult"] <= 4:
+        raise ConfigError(f"config key 'model.width_mult' must be in (0, 4], got {flat['model.width_mult']}")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key=value` with the value parsed as YAML (so `1e-4`, `true`, `[seg, sn]` get their types)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if key not in SCHEMA:
+        raise ConfigError(f"unknown config key {key!r} in --set {item!r}")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if SCHEMA[key] is _NUM or SCHEMA[key] == _NUM:
+        # YAML reads `1e-4` (no dot) as a string: accept it as the float it plainly means.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+    return key, value
+
+
+def config_path_for(dataset: str) -> Path:
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r} (expected one of {', '.join(DATASETS)})")
+    return CONFIG_DIR / f"{dataset}.yaml"
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def resolve_data_root(config: dict, cli_root: str | None) -> None:
+    """`--data-root`, then $DISPARSE_DATA, then the file's value; relative paths are project-relative."""
+    root = cli_root or os.environ.get(DATA_ENV_VAR) or config.get("data_root")
+    if root is not None:
+        path = Path(root).expanduser()
+        if not path.is_absolute() and not cli_root and not os.environ.get(DATA_ENV_VAR):
+            path = PROJECT_ROOT / path
+        root = str(path)
+    config["data_root"] = root
+
+
+def load_config(dataset: str | None = None, config_file: str | os.PathLike | None = None,
+                overrides: Iterable[str] = (), data_root: str | None = None) -> dict:
+    """The resolved, validated config for `--dataset NAME` or `--config FILE`, with `--set` overrides."""
+    if config_file is None and dataset is None:
+        raise ConfigError("give --dataset NAME or --config FILE")
+    config = read_yaml(Path(config_file) if config_file else config_path_for(dataset))
+    if dataset is not None and config_file is not None and config.get("dataset") != dataset:
+        raise ConfigError(f"--dataset {dataset!r} does not match the config file's dataset {config.get('dataset')!r}")
+    config = copy.deepcopy(config)
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(config, key, value)
+    validate(config)
+    resolve_data_root(config, data_root)
+    return config
+
+
+def task_classes(config: Mapping) -> dict[str, int]:
+    """Ordered task -> output channels, as `MultiTaskNet` takes it."""
+    return dict(zip(config["tasks"], config["num_classes"]))
+
+
+def loss_weights(config: Mapping) -> dict[str, float]:
+    return {t: float(w) for t, w in zip(config["tasks"], config["loss_weights"])}

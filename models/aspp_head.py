@@ -1,0 +1,39 @@
+"""DeepLab-v2 ASPP task head (REFERENCE.md §1.2): four atrous branches whose outputs are summed."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ASPP_RATES = (6, 12, 18, 24)
+
+
+class ASPPBranch(nn.Module):
+    """3x3 atrous conv -> ReLU -> Dropout -> 1x1 -> ReLU -> Dropout -> 1x1 to the task's channels."""
+
+    def __init__(self, in_ch: int, hidden: int, out_ch: int, rate: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, hidden, 3, padding=rate, dilation=rate, bias=True)
+        self.conv2 = nn.Conv2d(hidden, hidden, 1, bias=True)
+        self.conv3 = nn.Conv2d(hidden, out_ch, 1, bias=True)
+        self.relu = nn.ReLU(inplace=True)
+        self.drop1 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop1(self.relu(self.conv1(x)))
+        x = self.drop2(self.relu(self.conv2(x)))
+        return self.conv3(x)
+
+
+class ASPPHead(nn.Module):
+    """Sum of the four branches `c0..c3` (rates 6, 12, 18, 24). Default PyTorch conv init, as the original."""
+
+    def __init__(self, in_ch: int, out_ch: int, hidden: int = 1024, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(ASPPBranch(in_ch, hidden, out_ch, r, dropout) for r in ASPP_RATES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branches[0](x)
+        for branch in self.branches[1:]:
+            out = out + branch(x)
+        return out

@@ -1,0 +1,1 @@
+"""Pruning: saliency, per-task masks, arbiters, exact sparsity, masked and dynamic sparse training."""

@@ -1,0 +1,83 @@
+"""Mask sets: `dict[param name -> BoolTensor]` over the prunable weights (True = kept).
+
+Prunable = the `weight` of every `nn.Conv2d` and `nn.Linear` (DESIGN.md contract 2). Biases and
+BatchNorm stay dense. Ownership (backbone vs a task's head) comes from `models.owner_of`.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from models import SHARED, owner_of
+
+MaskSet = dict[str, torch.Tensor]
+PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+
+
+def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Name -> weight of every Conv2d/Linear, in `named_modules()` order (backbone first, then heads)."""
+    model = unwrap(model)
+    return {f"{name}.weight": module.weight for name, module in model.named_modules()
+            if isinstance(module, PRUNABLE_TYPES)}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DDP / DataParallel wrapper."""
+    return getattr(model, "module", model)
+
+
+def dense_masks(model: nn.Module) -> MaskSet:
+    return {name: torch.ones_like(w, dtype=torch.bool) for name, w in prunable_parameters(model).items()}
+
+
+def count(masks: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """(kept, total) over a mask set."""
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    return kept, total
+
+
+def sparsity(masks: Mapping[str, torch.Tensor]) -> float:
+    """Fraction of pruned weights over all prunable weights (the paper's "Sparsity")."""
+    kept, total = count(masks)
+    return 1.0 - kept / total if total else 0.0
+
+
+def split_by_owner(names: Iterable[str]) -> dict[str, list[str]]:
+    """Owner ("backbone" or a task) -> parameter names, order preserved."""
+    parts: dict[str, list[str]] = {}
+    for name in names:
+        parts.setdefault(owner_of(name), []).append(name)
+    return parts
+
+
+def task_pool(names: Iterable[str], task: str) -> list[str]:
+    """The weights a task's mask covers: the shared backbone plus its own head."""
+    return [n for n in names if owner_of(n) in (SHARED, task)]
+
+
+def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Raise ValueError (one line) unless `masks` covers exactly the model's prunable weights, same shapes."""
+    params = prunable_parameters(model)
+    missing = [n for n in params if n not in masks]
+    extra = [n for n in masks if n not in params]
+    if missing or extra:
+        raise ValueError(f"mask set does not match the model: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                         f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}")
+    for name, weight in params.items():
+        if tuple(masks[name].shape) != tuple(weight.shape):
+            raise ValueError(f"mask {name!r} has shape {tuple(masks[name].shape)}, the weight has {tuple(weight.shape)}")
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero the pruned weights in place."""
+    for name, weight in prunable_parameters(model).items():
+        if name in masks:
+            weight.mul_(masks[name].to(device=weight.device, dtype=weight.dtype))
+
+
+def masks_to(masks: Mapping[str, torch.Tensor], device: torch.device | str) -> MaskSet:
+    return {n: m.to(device=device, dtype=torch.bool) for n, m in masks.items()}

@@ -194,3 +194,19 @@ def task_classes(config: Mapping) -> dict[str, int]:
 
 def loss_weights(config: Mapping) -> dict[str, float]:
     return {t: float(w) for t, w in zip(config["tasks"], config["loss_weights"])}
+
+
+def main() -> None:
+    """`python -m engine.config --dataset NAME [--set k=v]`: print the resolved, validated config."""
+    from .cli import base_parser, config_from_args, run_main
+
+    parser = base_parser("Print the resolved configuration (after --set overrides and data-root resolution).")
+
+    def show() -> None:
+        print(yaml.safe_dump(config_from_args(parser.parse_args()), sort_keys=False), end="")
+
+    run_main(show)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Multitask performance relative to a baseline: Δm of Maninis et al. (2019) / Vandenhende et al. (2021).
+
+    Δm = 100 · (1/T) Σ_t (1/|M_t|) Σ_{m ∈ M_t} (−1)^{l_m} · (M_m − M_b,m) / M_b,m      [percent]
+
+with l_m = 1 when lower is better. Positive = better than the baseline. Each task counts equally,
+whatever its number of metrics. The metrics that count per task (`DELTA_M_METRICS`):
+
+* seg: mIoU, Pixel Acc (the cross-entropy `err` is a loss, not a quality measure, and is left out);
+* sn: all six (Angle Mean, Angle Median ↓; Angle 11.25, 22.5, 30, 45 ↑);
+* depth: abs_err, rel_err ↓; sigma_1.25, sigma_1.25^2, sigma_1.25^3 ↑;
+* keypoint, edge: err ↓.
+
+Units cancel in the ratio, so fractions vs percentages do not matter as long as both dicts come
+from the same code (same `compat`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from .metrics import metric_tasks
+
+HIGHER, LOWER = "higher", "lower"
+METRIC_DIRECTIONS: dict[str, dict[str, str]] = {
+    "seg": {"mIoU": HIGHER, "Pixel Acc": HIGHER, "err": LOWER},
+    "sn": {"Angle Mean": LOWER, "Angle Median": LOWER, "Angle 11.25": HIGHER, "Angle 22.5": HIGHER,
+           "Angle 30": HIGHER, "Angle 45": HIGHER},
+    "depth": {"abs_err": LOWER, "rel_err": LOWER, "sigma_1.25": HIGHER, "sigma_1.25^2": HIGHER,
+              "sigma_1.25^3": HIGHER},
+    "keypoint": {"err": LOWER},
+    "edge": {"err": LOWER},
+}
+DELTA_M_METRICS: dict[str, tuple[str, ...]] = {
+    "seg": ("mIoU", "Pixel Acc"),
+    "sn": ("Angle Mean", "Angle Median", "Angle 11.25", "Angle 22.5", "Angle 30", "Angle 45"),
+    "depth": ("abs_err", "rel_err", "sigma_1.25", "sigma_1.25^2", "sigma_1.25^3"),
+    "keypoint": ("err",),
+    "edge": ("err",),
+}
+
+
+def lower_is_better(task: str, metric: str) -> bool:
+    try:
+        return METRIC_DIRECTIONS[task][metric] == LOWER
+    except KeyError:
+        raise ValueError(f"no direction known for metric {task}/{metric}") from None
+
+
+def delta_m(metrics: Mapping[str, Any], baseline: Mapping[str, Any]) -> float:
+    """Δm in percent of `metrics` against `baseline` (both metrics dicts as `MetricAccumulator.compute`
+    or a metrics JSON gives them; top-level scalars such as `delta_m` and `sparsity` are ignored).
+
+    Raises a one-line ValueError when the task sets differ, a metric is missing or not finite, or a
+    baseline value is 0.
+    """
+    tasks, base_tasks = metric_tasks(metrics), metric_tasks(baseline)
+    if set(tasks) != set(base_tasks):
+        raise ValueError(f"delta_m: tasks differ from the baseline's ({', '.join(tasks)} vs {', '.join(base_tasks)})")
+    if not tasks:
+        raise ValueError("delta_m: no task metrics to compare")
+    per_task = []
+    for task in tasks:
+        terms = []
+        for name in DELTA_M_METRICS[task]:
+            if name not in metrics[task] or name not in baseline[task]:
+                raise ValueError(f"delta_m: metric {task}/{name} is missing from the metrics or the baseline")
+            value, base = float(metrics[task][name]), float(baseline[task][name])
+            if not (math.isfinite(value) and math.isfinite(base)):
+                raise ValueError(f"delta_m: metric {task}/{name} is not finite ({value} vs baseline {base})")
+            if base == 0:
+                raise ValueError(f"delta_m: baseline value of {task}/{name} is 0")
+            sign = -1.0 if lower_is_better(task, name) else 1.0
+            terms.append(sign * (value - base) / base)
+        per_task.append(sum(terms) / len(terms))
+    return 100.0 * sum(per_task) / len(per_task)

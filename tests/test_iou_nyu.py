@@ -1,0 +1,97 @@
+"""End to end on the real NYUv2 samples: the per-layer IoU falls with backbone depth (REFERENCE.md §8),
+and static_similarity.py reuses its saliency cache unless --force_run.
+
+Reduced-width net (width_mult 0.25), keep ratio 0.078, the sample index's train split (3 of the 4 frames;
+the 4th is the test split), one saliency batch. Skipped when the samples are absent.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = (ROOT / ".." / "shared" / "data" / "nyuv2_samples").resolve()
+COMMON = ["--data-root", str(SAMPLES), "--set", "model.width_mult=0.25", "--set", "data.num_workers=0",
+          "--device", "cpu", "--no_progress"]
+
+pytestmark = pytest.mark.skipif(not (SAMPLES / "nyu_v2_3task.json").is_file(),
+                                reason=f"NYUv2 samples not found at {SAMPLES}")
+
+
+def _needs_pruning_modules():
+    try:
+        import prune_utils.mask_builder  # noqa: F401
+        import prune_utils.saliency  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"saliency / mask builder not available yet ({exc})")
+
+
+def run(script, *args):
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_nyu_iou_falls_with_depth(tmp_path):
+    _needs_pruning_modules()
+    from scipy.stats import spearmanr
+    proc = run("iou_analysis.py", "--dataset", "nyuv2", *COMMON, "--keep-ratio", "0.078", "--num_batches", "1",
+               "--dest", tmp_path)
+    data = json.loads((tmp_path / "nyuv2_iou.json").read_text())
+    assert (tmp_path / "nyuv2_iou.csv").is_file() and (tmp_path / "nyuv2_iou.png").stat().st_size > 10_000
+    convs = [layer for layer in data["layers"] if layer["kind"] == "conv"]
+    shortcuts = [layer for layer in data["layers"] if layer["kind"] == "shortcut"]
+    assert len(convs) == 33 and len(shortcuts) == 3
+    assert [layer["index"] for layer in convs] == list(range(33))
+    profile = [layer["all"] for layer in convs]
+    rho, p_value = spearmanr(range(33), profile)
+    print("NYU samples IoU profile:", " ".join(f"{v:.3f}" for v in profile), f"rho={rho:.3f} p={p_value:.2g}")
+    assert rho < 0, profile
+    assert p_value < 0.01
+    # early layers are shared far more than the last stage
+    assert sum(profile[:7]) / 7 > sum(profile[-5:]) / 5
+    assert 0 < data["overall"]["all"] < 1
+    assert data["watershed"]["layer"].startswith("backbone.")
+    assert data["keep_ratio"] == pytest.approx(0.078)
+    assert "watershed: layer" in proc.stdout
+
+
+def test_similarity_cache_reused_and_forced(tmp_path):
+    _needs_pruning_modules()
+    args = ["static_similarity.py", "--dataset", "nyuv2", *COMMON,
+            "--set", "tasks=[seg, sn, depth]", "--set", "num_classes=[40, 3, 1]", "--set", "loss_weights=[1, 20, 3]",
+            "--num_batches", "1", "--num_seeds", "1", "--sparsities", "50,90", "--all",
+            "--dump_dir", tmp_path / "dump", "--table_json", tmp_path / "table.json", "--format", "latex", "--no_plot"]
+    first = run(*args)
+    assert "saliency computed" in first.stdout
+    caches = list((tmp_path / "dump" / "nyuv2").glob("scores_*.npz"))
+    assert len(caches) == 1
+    mtime = caches[0].stat().st_mtime_ns
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert len(table) == 28
+    for cell in table.values():
+        assert set(cell) == {"s50,90_X_seg_X_sn", "s50,90_X_seg_X_depth", "s50,90_X_sn_X_depth"}
+    assert r"\end{tabular}" in first.stdout
+
+    second = run(*args)
+    assert "loaded from cache" in second.stdout and "saliency computed" not in second.stdout
+    assert caches[0].stat().st_mtime_ns == mtime
+    assert json.loads((tmp_path / "table.json").read_text()) == table        # same scores, same numbers
+
+    third = run(*args, "--force_run")
+    assert "saliency computed" in third.stdout
+    assert caches[0].stat().st_mtime_ns > mtime
+
+    # a different num_batches is a different cache entry (the original's stale-cache bug)
+    fourth = run(*[a if a != "1" or i != args.index("--num_batches") + 1 else "2" for i, a in enumerate(args)])
+    assert "saliency computed" in fourth.stdout
+    assert len(list((tmp_path / "dump" / "nyuv2").glob("scores_*.npz"))) == 2
+    record = json.loads(next((tmp_path / "dump" / "nyuv2").glob("sim_equal_X_masked_sals_*.json")).read_text())
+    m = record["matrix"]
+    assert all(abs(m[i][i] - 1) < 1e-9 for i in range(3))
+    assert all(m[i][j] == m[j][i] for i in range(3) for j in range(3))

@@ -104,7 +104,7 @@ def intersection_union(masks: Sequence[torch.Tensor]) -> tuple[int, int]:
         flat = _flat_bool(m)
         inter &= flat
         union |= flat
-    return int(inter.sum()), int(union.sum())
+    return int(torch.count_nonzero(inter)), int(torch.count_nonzero(union))
 
 
 def iou(masks: Sequence[torch.Tensor]) -> float:
@@ -258,7 +258,7 @@ def analyse(task_masks: Mapping[str, Mapping[str, torch.Tensor]]) -> IoUReport:
                 pooled[key][1] += den
             layers.append(LayerIoU(
                 name=name, index=position if kind == "conv" else None, kind=kind, numel=masks[0].numel(),
-                kept={t: int(_flat_bool(task_masks[t][name]).sum()) for t in tasks},
+                kept={t: int(torch.count_nonzero(task_masks[t][name])) for t in tasks},
                 all=_ratio(inter, union), pairs=pair_values, compat=_ratio(c_num, c_den), counts=counts))
 
     conv_layers = [layer for layer in layers if layer.kind == "conv"]

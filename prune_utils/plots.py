@@ -62,7 +62,7 @@ def iou_bar_plot(report: IoUReport, path: str | os.PathLike, title: str | None =
             ax.text(x, v + 0.015, f"{v:.2f}", ha="center", va="bottom", fontsize=6.5, rotation=90)
         if shed is not None:
             ax.axvline(shed["index"] - 0.5, color="crimson", linestyle="--", linewidth=1.2)
-            ax.text(shed["index"] - 0.4, 1.13, f"watershed: {shed['layer'].removeprefix('backbone.')}",
+            ax.text(shed["index"] - 0.4, 1.13, f"watershed: {shed['layer'].removeprefix('backbone.').removesuffix('.weight')}",
                     color="crimson", fontsize=8, ha="left", va="top")
         ax.text(0.995, 0.97, f"Total IoU: {100 * total:.2f}", transform=ax.transAxes, ha="right", va="top",
                 fontsize=9, bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})

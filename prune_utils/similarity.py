@@ -99,7 +99,7 @@ def layer_similarity(method: str, mask_a: torch.Tensor, mask_b: torch.Tensor,
                      sal_a: torch.Tensor | None = None, sal_b: torch.Tensor | None = None) -> float:
     """One layer's similarity of two tasks under `method` (see the module docstring)."""
     if method == "epi":
-        return epi(float(mask_a.sum()), float(mask_b.sum()))
+        return epi(float(torch.count_nonzero(mask_a)), float(torch.count_nonzero(mask_b)))
     if method == "iou":
         return _iou([mask_a, mask_b])
     if sal_a is None or sal_b is None:
@@ -113,7 +113,7 @@ def layer_similarity(method: str, mask_a: torch.Tensor, mask_b: torch.Tensor,
 
 def layer_sparsity(mask: torch.Tensor) -> float:
     """Fraction of the layer's weights the mask prunes (the whole layer)."""
-    return 1.0 - float(mask.sum()) / mask.numel() if mask.numel() else 0.0
+    return 1.0 - float(torch.count_nonzero(mask)) / mask.numel() if mask.numel() else 0.0
 
 
 def row_slice_sparsity(mask: torch.Tensor, layer_index: int) -> float:
@@ -183,6 +183,46 @@ class LayerStats:
         return weighted_score(values, layer_weights(layer_method, sa, sb))
 
 
+def _gram_cosine(x: torch.Tensor) -> torch.Tensor:
+    """Pairwise cosines of the rows of `x` (float64), with the zero-vector conventions of `cosine`."""
+    gram = x @ x.T
+    norms = torch.sqrt(torch.clamp(torch.diagonal(gram), min=0.0))
+    denom = norms[:, None] * norms[None, :]
+    cos = torch.where(denom > 0, gram / torch.where(denom > 0, denom, torch.ones_like(denom)),
+                      torch.zeros_like(gram)).clamp(-1.0, 1.0)
+    both_zero = (norms[:, None] == 0) & (norms[None, :] == 0)
+    return torch.where(both_zero, torch.ones_like(cos), cos)
+
+
+def layer_values(masks: Sequence[torch.Tensor], sals: Sequence[torch.Tensor] | None,
+                 sim_methods: Sequence[str] = SIM_METHODS) -> dict[str, torch.Tensor]:
+    """All T×T per-layer similarities of one layer at once (Gram matrices; same values as
+    `layer_similarity` pair by pair)."""
+    m = torch.stack([_flat64(mask.to(torch.bool)) for mask in masks])
+    out: dict[str, torch.Tensor] = {}
+    counts = m.sum(dim=1)
+    if "iou" in sim_methods:
+        inter = m @ m.T
+        union = counts[:, None] + counts[None, :] - inter
+        out["iou"] = torch.where(union > 0, inter / torch.where(union > 0, union, torch.ones_like(union)),
+                                 torch.ones_like(union))
+    if "epi" in sim_methods:
+        out["epi"] = 1.0 - (counts[:, None] - counts[None, :]).abs() / torch.clamp(counts[:, None] + counts[None, :],
+                                                                                   min=EPS)
+    if "sals" in sim_methods or "masked_sals" in sim_methods:
+        if sals is None:
+            raise ValueError("similarities sals / masked_sals need the saliency tensors")
+        x = torch.stack([_flat64(sal) for sal in sals])
+        if "sals" in sim_methods:
+            out["sals"] = _gram_cosine(x)
+        if "masked_sals" in sim_methods:
+            out["masked_sals"] = _gram_cosine(x * m)
+    unknown = [s for s in sim_methods if s not in SIM_METHODS]
+    if unknown:
+        raise ValueError(f"unknown similarity method {unknown[0]!r} (expected one of {', '.join(SIM_METHODS)})")
+    return out
+
+
 def layer_stats(task_masks: Mapping[str, Mapping[str, torch.Tensor]], scores: Mapping[str, Mapping[str, torch.Tensor]],
                 layers: Sequence[str], keep_ratio: float = float("nan"),
                 sim_methods: Sequence[str] = SIM_METHODS) -> LayerStats:
@@ -194,16 +234,14 @@ def layer_stats(task_masks: Mapping[str, Mapping[str, torch.Tensor]], scores: Ma
         stats.sparsity[t] = np.array([layer_sparsity(m) for m in masks])
         stats.row_sparsity[t] = np.array([row_slice_sparsity(m, l) if l < m.shape[0] else np.nan
                                           for l, m in enumerate(masks)])
+    need_sals = any(m in ("sals", "masked_sals") for m in sim_methods)
+    per_layer = [layer_values([task_masks[t][name] for t in tasks],
+                              [scores[t][name] for t in tasks] if need_sals else None, sim_methods)
+                 for name in layers]
     for i, a in enumerate(tasks):
-        for b in tasks[i:]:
-            per_method = {}
-            for method in sim_methods:
-                per_method[method] = np.array([
-                    layer_similarity(method, task_masks[a][name], task_masks[b][name],
-                                     scores[a][name] if method in ("sals", "masked_sals") else None,
-                                     scores[b][name] if method in ("sals", "masked_sals") else None)
-                    for name in layers])
-            stats.sims[(a, b)] = per_method
+        for j in range(i, len(tasks)):
+            stats.sims[(a, tasks[j])] = {method: np.array([float(v[method][i, j]) for v in per_layer])
+                                         for method in sim_methods}
     return stats
 
 

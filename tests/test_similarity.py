@@ -264,3 +264,17 @@ def test_heatmap_png(tmp_path):
     out = tmp_path / "h.png"
     similarity_heatmap(m, ["seg", "sn", "depth"], out, title="t")
     assert out.stat().st_size > 1000
+
+
+def test_vectorised_layer_values_match_pairwise_reference():
+    gen = torch.Generator().manual_seed(3)
+    masks = [torch.rand(6, 4, 3, 3, generator=gen) > p for p in (0.3, 0.6, 0.9)]
+    masks.append(torch.zeros(6, 4, 3, 3, dtype=torch.bool))               # a task keeping nothing here
+    sals = [torch.rand(6, 4, 3, 3, generator=gen) for _ in masks]
+    sals[2] = torch.zeros(6, 4, 3, 3)                                       # an all-zero saliency
+    values = S.layer_values(masks, sals)
+    for method in S.SIM_METHODS:
+        for i in range(len(masks)):
+            for j in range(len(masks)):
+                assert float(values[method][i, j]) == pytest.approx(
+                    S.layer_similarity(method, masks[i], masks[j], sals[i], sals[j]), abs=1e-12), (method, i, j)

@@ -6,26 +6,35 @@ synthetic indoor scenes in the NYUv2 layout. See docs/CONVENTIONS.md for the ite
                  drop_last=None, num_workers=None) -> torch.utils.data.DataLoader
     set_epoch(loader, epoch)             # or loader.sampler.set_epoch(epoch)
     ensure_synthetic(config) -> Path     # generate the synthetic set into data_root if absent
+
+Names are imported lazily from their submodules, so `python -m dataloaders.synthetic` starts without
+importing torch.
 """
-from .augment import AugParams, MapSpec, apply_params, augment, draw_params
-from .base import IMG_MEAN_BGR, DenseDataset
-from .build import (DATASET_NAMES, SeededDistributedSampler, SeededSampler, build_dataset, build_loader, collate,
-                    seed_worker, set_epoch)
-from .cityscapes import CityScapes
-from .errors import DataError
-from .nyuv2 import NYUv2
-from .taskonomy import Taskonomy
+from __future__ import annotations
 
-__all__ = [
-    "AugParams", "CityScapes", "DATASET_NAMES", "DataError", "DenseDataset", "IMG_MEAN_BGR", "MapSpec", "NYUv2",
-    "SeededDistributedSampler", "SeededSampler", "Taskonomy", "apply_params", "augment", "build_dataset",
-    "build_loader", "collate", "draw_params", "ensure_synthetic", "generate_synthetic", "seed_worker", "set_epoch",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AugParams": "transforms", "MapSpec": "transforms", "apply_params": "transforms", "augment": "transforms",
+    "draw_params": "transforms",
+    "IMG_MEAN_BGR": "base", "DenseDataset": "base",
+    "DATASET_NAMES": "build", "SeededDistributedSampler": "build", "SeededSampler": "build",
+    "build_dataset": "build", "build_loader": "build", "collate": "build", "seed_worker": "build",
+    "set_epoch": "build",
+    "CityScapes": "cityscapes", "DataError": "errors", "NYUv2": "nyuv2", "Taskonomy": "taskonomy",
+    "ensure_synthetic": "synthetic", "generate_synthetic": "synthetic",
+}
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    # Lazy, so that `python -m dataloaders.synthetic` does not import the module twice.
-    if name in ("ensure_synthetic", "generate_synthetic"):
-        from . import synthetic
-        return getattr(synthetic, name)
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from .augment import MapSpec, augment
+from .transforms import MapSpec, augment
 from .errors import DataError
 
 # Caffe ImageNet mean, BGR order (REFERENCE.md §2.1)
@@ -54,7 +54,13 @@ def read_npy(path: Path) -> np.ndarray:
     if not path.is_file():
         raise _missing(path)
     try:
-        array = np.load(path, allow_pickle=False)
+        with open(path, "rb") as handle:
+            if handle.read(6) != b"\x93NUMPY":
+                raise DataError(f"cannot read array {path}: not a .npy file")
+            handle.seek(0)
+            array = np.load(handle, allow_pickle=False)
+    except DataError:
+        raise
     except Exception as exc:  # numpy raises ValueError/OSError/EOFError/UnpicklingError variants
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot read array {path}: {reason}") from None

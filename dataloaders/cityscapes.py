@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from .augment import MapSpec
+from .transforms import MapSpec
 from .base import DenseDataset, clean_depth, read_npy
 from .errors import DataError
 

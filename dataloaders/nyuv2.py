@@ -20,7 +20,7 @@ import os
 import cv2
 import numpy as np
 
-from .augment import MapSpec
+from .transforms import MapSpec
 from .base import DENSE_INVALID, DenseDataset, clean_depth, decode_normal_png, decode_unit_png, read_image, read_npy
 from .errors import DataError
 

@@ -331,7 +331,15 @@ def render_scene(rng: np.random.Generator, height: int, width: int, num_classes:
     seg = seg.reshape(height, width)
 
     surf_edge = _boundaries(surface)
-    normal[surf_edge] = 0.0                        # normals undefined across a surface boundary
+    normal[surf_edge] = 0.0                        # invalid on both sides of a surface boundary (as sensors)
+    # Edge pixels: one per boundary pair, on the nearer (occluding) side; either side of a crease.
+    edge_px = np.zeros_like(surf_edge)
+    for a, b, da, db, ea, eb in ((surface[:-1], surface[1:], depth[:-1], depth[1:], edge_px[:-1], edge_px[1:]),
+                                 (surface[:, :-1], surface[:, 1:], depth[:, :-1], depth[:, 1:],
+                                  edge_px[:, :-1], edge_px[:, 1:])):
+        differ = a != b
+        ea |= differ & (da <= db)
+        eb |= differ & (da > db)
     # Seg ignore on the occluded side of object outlines (mixed pixels of a real sensor).
     occluded = np.zeros_like(surf_edge)
     for axis in (0, 1):
@@ -347,8 +355,8 @@ def render_scene(rng: np.random.Generator, height: int, width: int, num_classes:
     seg = seg.astype(np.uint8)
     seg[occluded] = 255
 
-    edge = cv2.GaussianBlur(surf_edge.astype(np.float32), (0, 0), 0.7)
-    edge = np.clip(edge / 0.55, 0.0, 1.0)
+    edge = cv2.GaussianBlur(edge_px.astype(np.float32), (0, 0), 0.7)
+    edge = np.clip(edge / 0.45, 0.0, 1.0)
 
     keypoint = np.zeros((height, width), dtype=np.float64)
     corners = [box.corners() for box in scene["objects"] if isinstance(box, _Box)]

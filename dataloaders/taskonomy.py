@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from .augment import MapSpec, resize_nearest
+from .transforms import MapSpec, resize_nearest
 from .base import DENSE_INVALID, DenseDataset, read_image, read_npy
 from .errors import DataError
 

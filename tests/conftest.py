@@ -1,0 +1,26 @@
+"""Shared test fixtures (keep generic; append new fixtures below)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+NYUV2_SAMPLES = PROJECT_ROOT.parent / "shared" / "data" / "nyuv2_samples"
+
+
+@pytest.fixture(scope="session")
+def nyuv2_samples() -> Path:
+    """The four real NYUv2 frames (../shared/data/nyuv2_samples); skips when the folder is absent."""
+    if not (NYUV2_SAMPLES / "nyu_v2_3task.json").is_file():
+        pytest.skip(f"real NYUv2 samples not found at {NYUV2_SAMPLES}")
+    return NYUV2_SAMPLES
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A small generated synthetic dataset (NYUv2 layout): 8 train + 4 test images of 48x64, 8 classes, seed 0."""
+    from dataloaders.synthetic import generate_synthetic
+
+    return generate_synthetic(tmp_path_factory.mktemp("synthetic") / "root", n_train=8, n_test=4, size=(48, 64),
+                              seed=0, num_classes=8)

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--saliency", default=None,
                         help="saliency method for prune_utils.saliency.compute_scores; default: the config's "
                              "pruning.saliency (fresh net) or pruning.pt_saliency (--from)")
+    parser.add_argument("--saliency_mode", "--saliency-mode", choices=("batch_stats", "train", "eval"),
+                        default="batch_stats",
+                        help="network mode while scoring (prune_utils.saliency): batch_stats = batch-statistic BN, "
+                             "no dropout (deterministic); train = the original's (dropout on, seeded); eval")
     parser.add_argument("--dest", default=".", metavar="DIR", help="output folder for {dataset}_iou.json/.csv/.png")
     parser.add_argument("--no_plot", "--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="hide the progress bars")
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise _CLIError(f"IoU analysis needs at least two tasks, the config has {tasks}")
     show = not args.no_progress
     meta: dict[str, Any] = {"dataset": config["dataset"], "tasks": tasks, "num_batches": num_batches,
-                            "batch_size": batch_size, "seed": args.seed,
+                            "batch_size": batch_size, "seed": args.seed, "saliency_mode": args.saliency_mode,
                             "width_mult": config["model"]["width_mult"], "device": str(device)}
 
     if args.from_ckpt:
@@ -143,8 +147,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seed_everything(args.seed)
         print(f"scoring checkpoint {args.from_ckpt} (sparsity {100 * sparsity(kept):.2f}%) per task with "
               f"{method} saliency over {num_batches} batch(es) on {device}")
+        if method == "snip":
+            print("note: snip scores a Xavier re-draw of the weights, not the checkpoint's values; the checkpoint "
+                  "then only restricts which weights each task can keep")
         scores = I.score_net(config, model, seed=args.seed, num_batches=num_batches, method=method,
-                             batch_size=batch_size, device=device, progress=show)
+                             batch_size=batch_size, device=device, progress=show, mode=args.saliency_mode)
         per_task, ratios = restricted_task_masks(scores, kept, keep)
         meta.update(source=str(args.from_ckpt), saliency=method, keep_ratio=keep,
                     keep_ratio_of="the weights the checkpoint keeps in each task's pool",
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"scoring a fresh net per task with {method} saliency over {num_batches} batch(es) of {batch_size} "
               f"on {device}")
         scores = I.score_fresh_net(config, seed=args.seed, num_batches=num_batches, method=method,
-                                   batch_size=batch_size, device=device, progress=show)
+                                   batch_size=batch_size, device=device, progress=show, mode=args.saliency_mode)
         from prune_utils.mask_builder import masks_for_sparsity, task_masks
         if args.ratio is not None:
             arbiter = config["pruning"]["arbiter"]

@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--saliency", default=None,
                         help="saliency method for prune_utils.saliency.compute_scores; default: the config's "
                              "pruning.saliency (snip)")
+    parser.add_argument("--saliency_mode", "--saliency-mode", choices=("batch_stats", "train", "eval"),
+                        default="batch_stats",
+                        help="network mode while scoring (prune_utils.saliency): batch_stats = batch-statistic BN, "
+                             "no dropout (deterministic); train = the original's (dropout on, seeded)")
     parser.add_argument("--dump_dir", "--dump-dir", default="./subnetworks/",
                         help="where the saliency cache, per-cell JSON results and heatmaps go ({dump_dir}/{dataset}/)")
     parser.add_argument("--force_run", "--force-run", action="store_true",
@@ -122,9 +126,9 @@ def run(args: argparse.Namespace) -> dict:
     for seed in tqdm(seeds, desc="seeds", disable=not show):
         scores, computed = S.cached_scores(config, seed=seed, num_batches=args.num_batches, method=method,
                                            batch_size=batch_size, cache_dir=args.dump_dir, force=args.force_run,
-                                           device=device, progress=show)
+                                           device=device, progress=show, mode=args.saliency_mode)
         tqdm.write(f"seed {seed}: saliency {'computed' if computed else 'loaded from cache'} "
-                   f"({S.cache_path(args.dump_dir, S.cache_key(config, seed=seed, num_batches=args.num_batches, method=method, batch_size=batch_size))})")
+                   f"({S.cache_path(args.dump_dir, S.cache_key(config, seed=seed, num_batches=args.num_batches, method=method, batch_size=batch_size, mode=args.saliency_mode))})")
         layers = S.backbone_layer_names(scores[tasks[0]])
         per_ratio = []
         for keep in tqdm(keep_ratios, desc=f"seed {seed} keep ratios", leave=False, disable=not show):
@@ -148,7 +152,7 @@ def run(args: argparse.Namespace) -> dict:
         record = {
             "config": {k: v for k, v in vars(args).items() if k not in ("overrides",)} | {"overrides": args.overrides},
             "dataset": config["dataset"], "tasks": tasks, "sparsities": sparsities, "keep_ratios": keep_ratios,
-            "keep_ratio_mode": args.keep_ratios, "saliency": method, "num_batches": args.num_batches,
+            "keep_ratio_mode": args.keep_ratios, "saliency": method, "saliency_mode": args.saliency_mode, "num_batches": args.num_batches,
             "batch_size": batch_size, "seeds": seeds, "width_mult": config["model"]["width_mult"],
             "layer_method": layer_method, "sim_method": sim_method, "compat_row_slice": args.compat_row_slice,
             "layers": grid[0][0].layers,

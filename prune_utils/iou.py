@@ -340,58 +340,37 @@ def summary_table(report: IoUReport, max_pairs: int = 6) -> str:
 # Scoring (shared by iou_analysis.py and static_similarity.py)
 
 
-def cycle_batches(loader: Iterable, num_batches: int) -> Iterable:
-    """Exactly `num_batches` batches from `loader`, starting a new epoch (a new shuffle) when it runs out.
-
-    The original drew its batches from one long iterator over a large train split; on a small split
-    (the 3 NYUv2 sample frames) this keeps `--num_batches` meaning what it says.
-    """
-    produced = 0
-    while produced < num_batches:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-            produced += 1
-            if produced >= num_batches:
-                return
-        if empty:
-            raise ValueError("the data loader yields no batch (is the split empty, or drop_last with too few samples?)")
-
-
-def _call_compute_scores(model, batches, loss, tasks, *, method, num_batches, device, progress):
-    import inspect
-
-    from .saliency import compute_scores
-    kwargs: dict[str, Any] = {"method": method, "num_batches": num_batches, "device": device}
-    accepted = inspect.signature(compute_scores).parameters
-    if "progress" in accepted:
-        kwargs["progress"] = progress
-    return compute_scores(model, batches, loss, tasks, **kwargs)
-
-
 def score_net(config: Mapping, model: torch.nn.Module, *, seed: int, num_batches: int, method: str,
-              batch_size: int | None = None, device: Any = "cpu", progress: bool = True,
-              split: str = "train") -> dict[str, dict[str, torch.Tensor]]:
-    """Per-task saliency (task -> {param: score}, backbone + own head) of `model` on `num_batches`
-    train batches, drawn with a shuffle seeded by `seed`."""
-    from dataloaders import build_loader
-    from engine.losses import build_loss
+              batch_size: int | None = None, device: Any = "cpu", progress: bool = True, split: str = "train",
+              mode: str = "batch_stats") -> dict[str, dict[str, torch.Tensor]]:
+    """Per-task saliency (task -> {param: score}, backbone + own head) of `model`.
+
+    Gradient methods use `num_batches` train batches drawn with a shuffle seeded by `seed` (a short
+    split is restarted with a new shuffle, so `num_batches` is honoured on the 3-frame NYUv2 samples);
+    `seed` also seeds the saliency's own randomness (SNIP's Xavier re-draw, dropout in mode "train").
+    Data-free methods (magnitude, random) read no data. `mode`: see `prune_utils.saliency`.
+    """
+    from .saliency import compute_scores, get_saliency
     if num_batches < 1:
         raise ValueError(f"--num_batches must be at least 1, got {num_batches}")
+    tasks = list(config["tasks"])
+    if not getattr(get_saliency(method), "needs_data", True):
+        return compute_scores(model, None, None, tasks, method=method, device=device, generator=seed)
+    from dataloaders import build_loader
+    from engine.losses import build_loss
     loader = build_loader(config, split, batch_size=batch_size, shuffle=True, seed=seed)
-    loss = build_loss(config, getattr(loader, "dataset", None))
-    batches = cycle_batches(loader, num_batches)
-    return _call_compute_scores(model, batches, loss, list(config["tasks"]), method=method,
-                                num_batches=num_batches, device=device, progress=progress)
+    loss = build_loss(config, loader.dataset)
+    return compute_scores(model, loader, loss, tasks, method=method, num_batches=num_batches, device=device,
+                          generator=seed, mode=mode, progress=progress)
 
 
 def score_fresh_net(config: Mapping, *, seed: int, num_batches: int, method: str, batch_size: int | None = None,
-                    device: Any = "cpu", progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+                    device: Any = "cpu", progress: bool = True,
+                    mode: str = "batch_stats") -> dict[str, dict[str, torch.Tensor]]:
     """REFERENCE §8 / §9 scoring: seed everything, build a freshly initialised net, score it per task."""
     from engine.runtime import seed_everything
     from models import build_model
     seed_everything(seed)
     model = build_model(config, device)
     return score_net(config, model, seed=seed, num_batches=num_batches, method=method, batch_size=batch_size,
-                     device=device, progress=progress)
+                     device=device, progress=progress, mode=mode)

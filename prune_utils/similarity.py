@@ -40,7 +40,7 @@ an explicit compatibility switch (`compat_row_slice=True`, CLI `--compat_row_sli
 
 Saliency cache: `npz` files (loaded with `allow_pickle=False`; never pickle) named by, and holding a
 JSON record of, everything the scores depend on: dataset, tasks and classes, num_batches, batch size,
-seed, width, saliency method, crop and data root. The original keyed its cache by seed only, so
+seed, width, saliency method and mode, crop and data root. The original keyed its cache by seed only, so
 changing `num_batches` or the task set silently reused stale scores (§11.10).
 """
 from __future__ import annotations
@@ -325,7 +325,8 @@ def keep_ratio_for(sparsity: float, config: Mapping, mode: str = "paper") -> flo
 # Saliency cache (npz, no pickle)
 
 
-def cache_key(config: Mapping, *, seed: int, num_batches: int, method: str, batch_size: int) -> dict[str, Any]:
+def cache_key(config: Mapping, *, seed: int, num_batches: int, method: str, batch_size: int,
+              mode: str = "batch_stats") -> dict[str, Any]:
     """Everything the cached scores depend on."""
     return {
         "version": CACHE_VERSION,
@@ -337,6 +338,7 @@ def cache_key(config: Mapping, *, seed: int, num_batches: int, method: str, batc
         "seed": int(seed),
         "width_mult": float(config["model"]["width_mult"]),
         "method": str(method),
+        "mode": str(mode),
         "crop": [int(config["data"]["crop_h"]), int(config["data"]["crop_w"])],
         "data_root": config.get("data_root"),
     }
@@ -386,15 +388,15 @@ def load_scores(path: str | os.PathLike, key: Mapping[str, Any] | None = None) -
 
 
 def cached_scores(config: Mapping, *, seed: int, num_batches: int, method: str, batch_size: int,
-                  cache_dir: str | os.PathLike, force: bool = False, device: Any = "cpu",
+                  cache_dir: str | os.PathLike, force: bool = False, device: Any = "cpu", mode: str = "batch_stats",
                   scorer: Callable[..., Mapping[str, Mapping[str, torch.Tensor]]] | None = None,
                   progress: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], bool]:
     """(scores, computed): the cached scores for this key, else computed (and cached) on a fresh net.
 
     `force` recomputes and overwrites. `scorer(config, seed=, num_batches=, method=, batch_size=,
-    device=, progress=)` defaults to `prune_utils.iou.score_fresh_net`.
+    device=, progress=, mode=)` defaults to `prune_utils.iou.score_fresh_net`.
     """
-    key = cache_key(config, seed=seed, num_batches=num_batches, method=method, batch_size=batch_size)
+    key = cache_key(config, seed=seed, num_batches=num_batches, method=method, batch_size=batch_size, mode=mode)
     path = cache_path(cache_dir, key)
     if not force:
         cached = load_scores(path, key)
@@ -403,7 +405,7 @@ def cached_scores(config: Mapping, *, seed: int, num_batches: int, method: str, 
     if scorer is None:
         from .iou import score_fresh_net as scorer
     scores = scorer(config, seed=seed, num_batches=num_batches, method=method, batch_size=batch_size,
-                    device=device, progress=progress)
+                    device=device, progress=progress, mode=mode)
     scores = {t: {n: v.detach().to("cpu", torch.float32) for n, v in per.items()} for t, per in scores.items()}
     save_scores(path, scores, key)
     return scores, True

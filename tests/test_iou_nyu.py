@@ -95,3 +95,40 @@ def test_similarity_cache_reused_and_forced(tmp_path):
     m = record["matrix"]
     assert all(abs(m[i][i] - 1) < 1e-9 for i in range(3))
     assert all(m[i][j] == m[j][i] for i in range(3) for j in range(3))
+
+
+def test_iou_from_pruned_checkpoint(tmp_path):
+    """--from: per-task masks restricted to the checkpoint's kept weights, at a fraction of them."""
+    _needs_pruning_modules()
+    import torch
+
+    from engine.checkpoint import atomic_save, make_checkpoint
+    from engine.config import load_config
+    from models import build_model
+    from prune_utils.mask_builder import masks_for_keep_ratio
+    from prune_utils.masks import apply_masks, sparsity
+    from prune_utils.saliency import compute_scores
+
+    config = load_config("nyuv2", data_root=str(SAMPLES), overrides=["model.width_mult=0.25"])
+    torch.manual_seed(0)
+    model = build_model(config)
+    scores = compute_scores(model, None, None, config["tasks"], method="random", generator=0)
+    masks = {n: m.clone() for n, m in masks_for_keep_ratio(scores, 0.3).items()}
+    apply_masks(model, masks)
+    ckpt = tmp_path / "pruned.pth"
+    atomic_save(make_checkpoint(model.state_dict(), config, "random", masks=masks, sparsity=sparsity(masks)), ckpt)
+
+    run("iou_analysis.py", "--dataset", "nyuv2", *COMMON, "--from", ckpt, "--keep-ratio", "0.5",
+        "--saliency", "grad_weight2", "--num_batches", "1", "--dest", tmp_path, "--no_plot")
+    data = json.loads((tmp_path / "nyuv2_iou.json").read_text())
+    assert data["source"] == str(ckpt) and data["saliency"] == "grad_weight2"
+    assert data["checkpoint_sparsity"] == pytest.approx(sparsity(masks))
+    for layer in data["layers"]:
+        alive = int(masks[layer["name"]].sum())
+        for task in config["tasks"]:
+            assert layer["kept"][task] <= alive                  # only weights the checkpoint kept
+    backbone_alive = sum(int(m.sum()) for n, m in masks.items() if n.startswith("backbone."))
+    for task in config["tasks"]:
+        kept = sum(layer["kept"][task] for layer in data["layers"])
+        assert 0 < kept <= backbone_alive
+    assert 0 < data["overall"]["all"] < 1

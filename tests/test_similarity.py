@@ -164,7 +164,7 @@ class CountingScorer:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, config, *, seed, num_batches, method, batch_size, device, progress):
+    def __call__(self, config, *, seed, num_batches, method, batch_size, device, progress, mode="batch_stats"):
         self.calls.append((seed, num_batches, tuple(config["tasks"])))
         gen = torch.Generator().manual_seed(seed * 1000 + num_batches)
         return {t: {"backbone.conv1.weight": torch.rand(4, 3, 3, 3, generator=gen),
@@ -194,13 +194,14 @@ def test_cache_reused_keyed_and_forced(tmp_path):
     S.cached_scores(config, **{**kw, "num_batches": 3})
     S.cached_scores(config, **{**kw, "seed": 1})
     S.cached_scores(config, **{**kw, "method": "other"})
+    S.cached_scores(config, **kw, mode="train")
     two = {**config, "tasks": ["seg", "sn"], "num_classes": [8, 3], "loss_weights": [1.0, 5.0]}
     S.cached_scores(two, **kw)
-    assert len(scorer.calls) == 5
+    assert len(scorer.calls) == 6
     # --force_run recomputes and rewrites
     os.utime(path, ns=(0, 0))
     _, computed = S.cached_scores(config, **kw, force=True)
-    assert computed and len(scorer.calls) == 6 and path.stat().st_mtime_ns > 0
+    assert computed and len(scorer.calls) == 7 and path.stat().st_mtime_ns > 0
 
 
 def test_cache_with_wrong_meta_is_ignored(tmp_path):

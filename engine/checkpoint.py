@@ -132,3 +132,31 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint config")
+
+
+def load_model_file(path: str | os.PathLike, model: torch.nn.Module, config: Mapping) -> dict:
+    """Load weights from one of our checkpoints *or* an original-format state dict into `model`.
+
+    Returns `{"masks": mask set or None, "original": bool, "meta": the checkpoint dict minus model/masks}`.
+    Ours: tasks/num_classes must match the config (one-line CheckpointError otherwise). Anything else
+    goes through `engine.original_import` (the `task<k>` heads map to the config's k-th task).
+    """
+    data = read_file(path)
+    if is_ours(data):
+        if int(data.get("version", 0)) > VERSION:
+            raise CheckpointError(f"{path} has format version {data['version']}, this code reads up to {VERSION}")
+        check_tasks(data, list(config["tasks"]), list(config["num_classes"]), path)
+        if not isinstance(data.get("model"), Mapping):
+            raise CheckpointError(f"checkpoint {path} has no model state")
+        load_model_state(model, data["model"], source=f"checkpoint {path}")
+        masks = data.get("masks")
+        meta = {k: v for k, v in data.items() if k not in ("model", "masks", "optimizer")}
+        return {"masks": dict(masks) if masks else None, "original": False, "meta": meta}
+    from .original_import import import_original_state_dict, looks_original
+    state = data.get("state_dict", data) if isinstance(data.get("state_dict"), Mapping) else data
+    if not looks_original(state):
+        raise CheckpointError(f"{path} is neither a {FORMAT} file nor an original DiSparse state dict")
+    own = model.state_dict()
+    ours, masks = import_original_state_dict(state, list(config["tasks"]), model_keys=list(own))
+    load_model_state(model, ours, source=f"original checkpoint {path}")
+    return {"masks": masks, "original": True, "meta": {"method": None, "tasks": list(config["tasks"])}}

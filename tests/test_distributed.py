@@ -1,0 +1,77 @@
+"""Two-process DDP on CPU (gloo) through torchrun: it finishes, rank 0 alone writes, metrics are exact."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.checkpoint import load_checkpoint
+from engine.logging_utils import read_jsonl
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny_args(root: Path, dest: Path, *extra: str) -> list[str]:
+    from dataloaders.synthetic import read_meta
+    meta = read_meta(root)
+    h, w = meta["size"]
+    return ["--dataset", "synthetic", "--data-root", str(root), "--device", "cpu", "--dest", str(dest),
+            "--progress", "off",
+            "--set", "model.width_mult=0.0625", "--set", "data.crop_h=32", "--set", "data.crop_w=32",
+            "--set", "data.batch_size=2", "--set", "data.test_batch_size=1", "--set", "data.num_workers=0",
+            "--set", f"data.image_shape=[{h},{w}]", "--set", f"synthetic.n_train={meta['n_train']}",
+            "--set", f"synthetic.n_test={meta['n_test']}", "--set", f"synthetic.size=[{h},{w}]",
+            "--set", "train.log_every=1", *extra]
+
+
+def _torchrun() -> list[str]:
+    exe = Path(sys.executable).with_name("torchrun")
+    if exe.is_file():
+        return [str(exe)]
+    if shutil.which("torchrun"):
+        return [shutil.which("torchrun")]
+    return [sys.executable, "-m", "torch.distributed.run"]
+
+
+def test_torchrun_two_processes_gloo(synthetic_root, tmp_path):
+    dest = tmp_path / "ddp"
+    cmd = _torchrun() + ["--standalone", "--nproc_per_node=2", str(PROJECT_ROOT / "launch_training.py"),
+                         *_tiny_args(synthetic_root, dest, "--max-iters", "4", "--set", "train.val_every=2",
+                                     "--set", "train.save_every=2")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    name = "synthetic_baseline"
+    # one set of files, written once (rank 0)
+    files = sorted(p.name for p in dest.iterdir())
+    assert files == sorted([f"best_{name}.pth", f"final_{name}.pth", f"last_{name}.pth", f"metrics_{name}.json",
+                            "logs", "tb"]), files
+    assert [p.name for p in (dest / "logs").iterdir()] == [f"{name}.jsonl"]
+    assert len(list((dest / "tb" / name).glob("events.out.tfevents.*"))) == 1
+    assert proc.stdout.count("metrics of ") == 1                        # one table, from rank 0
+    records = read_jsonl(dest / "logs" / f"{name}.jsonl")
+    assert [r["iteration"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]   # not once per rank
+    assert records[0]["world_size"] == 2
+    val = [r for r in records if r["kind"] == "val"]
+    assert [r["count"] for r in val] == [4, 4]                           # the whole test set, no duplicates
+
+    last = load_checkpoint(dest / f"last_{name}.pth")
+    assert last["iteration"] == 4 and last["world_size"] == 2 and len(last["rng_ranks"]) == 2
+    assert not any(k.startswith("module.") for k in last["model"])       # the bare model, not the DDP wrapper
+
+    # metrics gathered over two shards == a single-process evaluation of the same checkpoint
+    import eval_pruned_net
+    torch.set_num_threads(1)
+    eval_pruned_net.main(_tiny_args(synthetic_root, tmp_path / "single")
+                         + ["--checkpoint", str(dest / f"best_{name}.pth")])
+    ddp = json.loads((dest / f"metrics_{name}.json").read_text())
+    single = json.loads((tmp_path / "single" / f"metrics_{name}.json").read_text())
+    for task in ("seg", "sn", "depth"):
+        for key, value in single[task].items():
+            assert ddp[task][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (task, key)

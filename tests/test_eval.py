@@ -1,0 +1,157 @@
+"""eval_pruned_net.py: real NYUv2 samples, original-format import, naming, delta_m, one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval_pruned_net
+from engine.checkpoint import atomic_save, make_checkpoint
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+NYU_KEYS = {"seg": {"mIoU", "Pixel Acc", "err"},
+            "sn": {"Angle Mean", "Angle Median", "Angle 11.25", "Angle 22.5", "Angle 30", "Angle 45"}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _nyu_config(root: Path) -> dict:
+    from engine.config import load_config
+    return load_config("nyuv2", overrides=["model.width_mult=0.0625", "data.num_workers=0"], data_root=str(root))
+
+
+def _random_masks(model, density: float, seed: int = 0) -> dict:
+    from prune_utils.masks import prunable_parameters
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(w.shape, generator=g) < density for n, w in prunable_parameters(model).items()}
+
+
+def test_eval_original_format_sparse_net_on_real_nyuv2_samples(nyuv2_samples, tmp_path, capsys):
+    from engine.original_import import export_original_state_dict
+    from engine.runtime import seed_everything
+    from models import build_model
+    from prune_utils.masks import apply_masks, sparsity
+
+    config = _nyu_config(nyuv2_samples)
+    seed_everything(0)
+    model = build_model(config)
+    masks = _random_masks(model, 0.25)
+    apply_masks(model, masks)
+    # a state dict as the original code saves it: weight_orig + int32 weight_mask, task<k> heads
+    path = tmp_path / "best_nyuv2_disparse_static_75.pth"
+    torch.save(export_original_state_dict(model.state_dict(), config["tasks"], masks), path)
+
+    eval_pruned_net.main(["--config", str(PROJECT_ROOT / "configs" / "nyuv2.yaml"), "--set", "model.width_mult=0.0625",
+                          "--set", "data.num_workers=0",
+                          "--data-root", str(nyuv2_samples), "--device", "cpu", "--progress", "off",
+                          "--method", "disparse_static", "--ratio", "75", "--model-path", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "original-format" in out and "Angle Median" in out
+    metrics = json.loads((tmp_path / "metrics_nyuv2_disparse_static_75.json").read_text())
+    for task, keys in NYU_KEYS.items():
+        assert set(metrics[task]) == keys
+        assert all(isinstance(v, float) and v == v for v in metrics[task].values()), metrics[task]
+    assert 0.0 <= metrics["seg"]["mIoU"] <= 1.0 and 0.0 <= metrics["seg"]["Pixel Acc"] <= 1.0
+    assert 0.0 <= metrics["sn"]["Angle Mean"] <= 180.0
+    assert metrics["sparsity"] == pytest.approx(sparsity(masks))
+    assert "delta_m" not in metrics
+
+
+def _synthetic_config(root: Path, *extra: str) -> tuple[dict, list[str]]:
+    from dataloaders.synthetic import read_meta
+    from engine.config import load_config
+    meta = read_meta(root)
+    h, w = meta["size"]
+    sets = ["model.width_mult=0.0625", "data.test_batch_size=4", "data.num_workers=0", f"data.image_shape=[{h},{w}]",
+            f"synthetic.n_train={meta['n_train']}", f"synthetic.n_test={meta['n_test']}", f"synthetic.size=[{h},{w}]",
+            *extra]
+    args = ["--dataset", "synthetic", "--data-root", str(root), "--device", "cpu", "--progress", "off"]
+    for s in sets:
+        args += ["--set", s]
+    return load_config("synthetic", overrides=sets, data_root=str(root)), args
+
+
+def test_eval_names_sparsity_and_delta_m(synthetic_root, tmp_path):
+    from engine.runtime import seed_everything
+    from models import build_model
+    from prune_utils.masks import apply_masks, sparsity
+
+    config, args = _synthetic_config(synthetic_root)
+    seed_everything(0)
+    dense = build_model(config)
+    atomic_save(make_checkpoint(dense.state_dict(), config, "baseline"), tmp_path / "best_synthetic_baseline.pth")
+    eval_pruned_net.main(args + ["--method", "baseline", "--dest", str(tmp_path)])
+    base = json.loads((tmp_path / "metrics_synthetic_baseline.json").read_text())
+    assert set(base) == {"seg", "sn", "depth", "sparsity"} and base["sparsity"] == 0.0
+
+    # a baseline file without zeros (delta_m divides by baseline values)
+    from engine.delta_m import delta_m
+    reference = {t: ({k: (v if v else 1.0) for k, v in m.items()} if isinstance(m, dict) else m)
+                 for t, m in base.items()}
+    (tmp_path / "reference.json").write_text(json.dumps(reference))
+    masks = _random_masks(dense, 0.5, seed=3)
+    apply_masks(dense, masks)
+    atomic_save(make_checkpoint(dense.state_dict(), config, "snip", masks=masks, sparsity=sparsity(masks)),
+                tmp_path / "final_synthetic_snip_50.pth")
+    eval_pruned_net.main(args + ["--checkpoint", str(tmp_path / "final_synthetic_snip_50.pth"),
+                                 "--baseline-metrics", str(tmp_path / "reference.json"), "--compat", "adashare"])
+    sparse = json.loads((tmp_path / "metrics_final_synthetic_snip_50.json").read_text())
+    assert sparse["sparsity"] == pytest.approx(sparsity(masks))
+    assert sparse["delta_m"] == pytest.approx(delta_m(sparse, reference))
+
+
+def test_truncated_checkpoint_cli_exits_2_with_one_line(synthetic_root, tmp_path):
+    """As a user sees it (a real process): stderr is one `error:` line, exit status 2, nothing written."""
+    from engine.runtime import seed_everything
+    from models import build_model
+
+    config, args = _synthetic_config(synthetic_root)
+    seed_everything(0)
+    good = tmp_path / "good.pth"
+    atomic_save(make_checkpoint(build_model(config).state_dict(), config, "baseline"), good)
+    truncated = tmp_path / "best_truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "eval_pruned_net.py"), *args,
+                           "--checkpoint", str(truncated)], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: checkpoint ") and "truncated" in lines[0], proc.stderr
+    assert not (tmp_path / "metrics_truncated.json").exists()
+
+
+def test_error_messages_say_what_is_wrong(synthetic_root, tmp_path, capsys):
+    """Missing file, tasks mismatch, truncated file: exit 2 and one `error:` line saying which (in-process)."""
+    from engine.runtime import seed_everything
+    from models import build_model
+
+    config, args = _synthetic_config(synthetic_root)
+    other = dict(config, tasks=["seg", "sn"], num_classes=[8, 3], loss_weights=[1.0, 5.0])
+    seed_everything(0)
+    mismatch = tmp_path / "mismatch.pth"
+    atomic_save(make_checkpoint(build_model(other).state_dict(), other, "baseline"), mismatch)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(mismatch.read_bytes()[:1000])
+    expected = {
+        ("--method", "snip", "--ratio", "90", "--dest", str(tmp_path)): "best_synthetic_snip_90.pth",
+        ("--checkpoint", str(mismatch)): "is for tasks ['seg', 'sn'], the config has ['seg', 'sn', 'depth']",
+        ("--checkpoint", str(truncated)): "unreadable or truncated",
+    }
+    for extra, words in expected.items():
+        with pytest.raises(SystemExit) as exc:
+            eval_pruned_net.main(args + list(extra))
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err

@@ -3,8 +3,7 @@
 
   python eval_pruned_net.py --dataset nyuv2 --method disparse_static --ratio 90 --dest /data
   python eval_pruned_net.py --dataset nyuv2 --method baseline --dest /data
-  python eval_pruned_net.py --dataset nyuv2 --checkpoint runs/best_nyuv2_snip_90.pth \
-      --baseline-metrics runs/metrics_nyuv2_baseline.json --compat adashare
+  python eval_pruned_net.py --dataset nyuv2 --checkpoint runs/best_nyuv2_snip_90.pth --compat adashare --baseline-metrics runs/metrics_nyuv2_baseline.json
 
 Which file: --checkpoint PATH, or the original naming {dest}/best_{dataset}_{method}_{ratio}.pth
 (best_{dataset}_baseline.pth for --method baseline). Dense or sparse, in our checkpoint format or a
@@ -43,16 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default=None, metavar="PATH", help="the checkpoint file to evaluate")
     parser.add_argument("--method", choices=METHODS, default=None,
                         help="with --ratio and --dest: evaluate {dest}/best_{dataset}_{method}_{ratio}.pth")
-    parser.add_argument("--ratio", type=percent, default=None,
-                        help=f"sparsity in percent used in the file name (default {DEFAULT_RATIO:g})")
+    parser.add_argument("--ratio", type=percent, default=DEFAULT_RATIO,
+                        help="sparsity in percent, as used in the file name (with --method)")
     parser.add_argument("--dest", "--model-path", dest="dest", default=None, metavar="DIR",
                         help="folder of the checkpoints, and where metrics_{name}.json goes (default: the "
                              "checkpoint's folder, or . with --method); --model-path is the original's name")
     parser.add_argument("--baseline-metrics", default=None, metavar="FILE",
                         help="metrics JSON of the dense baseline: adds delta_m (percent, positive = better)")
     parser.add_argument("--compat", choices=("standard", "adashare"), default=None,
-                        help="metric definitions: standard, or the original's quirks (default: config "
-                             "eval.metrics_compat)")
+                        help="metric definitions: standard, or the original's quirks; unset = the config's "
+                             "eval.metrics_compat")
     parser.add_argument("--split", default="test", help="split to evaluate")
     parser.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                         help="tqdm progress bar: auto = only when stderr is a terminal")
@@ -72,7 +71,7 @@ def resolve_checkpoint(args: argparse.Namespace, dataset: str) -> tuple[Path, st
     if args.method == "baseline":
         name = f"{dataset}_baseline"
     else:
-        name = f"{dataset}_{args.method}_{ratio_label(args.ratio if args.ratio is not None else DEFAULT_RATIO)}"
+        name = f"{dataset}_{args.method}_{ratio_label(args.ratio)}"
     return dest / f"best_{name}.pth", name, dest
 
 
@@ -129,7 +128,7 @@ def run(args: argparse.Namespace) -> dict:
         model = model.to(memory_format=torch.channels_last)
     kind = "original-format" if loaded["original"] else (loaded["meta"].get("method") or "our")
     print(f"evaluating {path} ({kind} checkpoint, sparsity {100 * sparsity:.2f}%) on the {args.split} split")
-    loader = build_loader(config, args.split, shuffle=False, distributed=False)
+    loader = build_loader(config, args.split, shuffle=False, distributed=False, train=False)
     progress = {"auto": sys.stderr.isatty(), "on": True, "off": False}[args.progress]
     metrics = evaluate(model, loader, config, loader.dataset, device, compat=args.compat, progress=progress)
     metrics["sparsity"] = sparsity

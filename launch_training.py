@@ -25,7 +25,6 @@ Method semantics (REFERENCE.md 7.2):
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = base_parser(__doc__)
     parser.formatter_class = HelpFormatter
     parser.add_argument("--method", choices=METHODS, default="baseline",
-                        help="what to train (see the module docstring: python launch_training.py --help)")
-    parser.add_argument("--ratio", type=percent, default=None,
-                        help=f"target sparsity in percent for pruned methods (default {DEFAULT_RATIO:g}, "
-                             f"as the original); names the files")
+                        help="what to train (see the method table above)")
+    parser.add_argument("--ratio", type=percent, default=DEFAULT_RATIO,
+                        help="target sparsity in percent for the pruned methods (ignored by baseline); names the files")
     parser.add_argument("--dest", default=".", metavar="DIR",
                         help="folder for checkpoints, logs and metrics (also where pruned nets are read from)")
     parser.add_argument("--from", dest="from_path", default=None, metavar="PATH",
@@ -126,9 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     method = args.method
-    ratio = None if method == "baseline" else (args.ratio if args.ratio is not None else DEFAULT_RATIO)
-    if method == "baseline" and args.ratio is not None:
-        print(f"note: --ratio {args.ratio:g} is ignored for --method baseline", file=sys.stderr)
+    ratio = None if method == "baseline" else args.ratio
     if args.max_iters is not None:
         if args.max_iters <= 0:
             raise ValueError(f"--max-iters must be positive, got {args.max_iters}")
@@ -157,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         barrier()
         if not ctx.is_main:
             train_loader = build_loader(config, "train", seed=args.seed, distributed=ctx.distributed)
-        val_loader = build_loader(config, args.val_split, shuffle=False, distributed=False)
+        val_loader = build_loader(config, args.val_split, shuffle=False, distributed=False, train=False)
         loss_fn = build_loss(config, train_loader.dataset)
         model = build_model(config, device)            # identical on every rank (same seed)
         seed_everything(args.seed + ctx.rank)          # per-rank dropout / augmentation streams
@@ -198,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_final_eval:
             best = checkpoint_path(dest, "best", name)
             loaded = load_model_file(best, model, config)
-            test_loader = build_loader(config, "test", shuffle=False, distributed=False)
+            test_loader = build_loader(config, "test", shuffle=False, distributed=False, train=False)
             metrics = evaluate(model, test_loader, config, test_loader.dataset, device,
                                progress=bool(progress) and ctx.is_main)
             masks = loaded["masks"]

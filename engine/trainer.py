@@ -44,7 +44,6 @@ inside an RNG sandbox as well, so `val_every` does not change the trajectory.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time

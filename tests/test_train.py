@@ -6,7 +6,6 @@ Tiny runs on the session's generated synthetic set (tests/conftest.py `synthetic
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,235 @@
+"""Sparsity report: per-layer rows, per-part summaries, parameter and multiply-accumulate (MAC) counts.
+
+* `layer_rows(masks, model=None)`: one row per prunable weight: `name`, `owner` (`backbone` or the task),
+  `shape`, `total`, `kept`, `sparsity` (fraction pruned).
+* `summarize(rows)`: the same totals per part (`backbone`, then each head in order) and `overall`.
+* `param_counts(model, masks)`: all learnable parameters, dense and after pruning (biases and BN stay).
+* `mac_counts(model, masks, input_size)`: MACs of every Conv2d / Linear for one input of `input_size`
+  (batch 1), found with forward hooks: conv MACs = output elements × (in_channels / groups × kH × kW),
+  linear MACs = output elements × in_features. The "kept" MACs multiply each layer's dense count by its
+  density (kept / total): this assumes the unstructured sparsity is exploited by the kernel, which dense
+  PyTorch kernels do not do. Bias additions, BN, activations and pooling are not counted.
+  FLOPs ≈ 2 × MACs. By default the forward runs on the `meta` device (shapes only, no memory, no time).
+* `build_report`, `format_table`, `write_csv`, `write_json` put it together.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from models import SHARED, owner_of
+
+from .masks import PRUNABLE_TYPES, check_masks, prunable_parameters, unwrap
+
+OVERALL = "overall"
+
+
+def _sparsity(kept: int, total: int) -> float:
+    return 1.0 - kept / total if total else 0.0
+
+
+def layer_rows(masks: Mapping[str, torch.Tensor], model: nn.Module | None = None) -> list[dict[str, Any]]:
+    """One row per prunable weight (in the model's order when `model` is given, else the mask set's)."""
+    if model is not None:
+        check_masks(model, masks)
+        names = list(prunable_parameters(model))
+    else:
+        names = list(masks)
+    rows = []
+    for name in names:
+        mask = masks[name]
+        total = mask.numel()
+        kept = int(mask.count_nonzero())
+        rows.append({"name": name, "owner": owner_of(name), "shape": list(mask.shape), "total": total,
+                     "kept": kept, "sparsity": _sparsity(kept, total)})
+    return rows
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{part: {total, kept, sparsity, layers}} for `backbone`, each head (first-seen order) and `overall`."""
+    parts: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        part = parts.setdefault(row["owner"], {"total": 0, "kept": 0, "layers": 0})
+        part["total"] += row["total"]
+        part["kept"] += row["kept"]
+        part["layers"] += 1
+    ordered = {SHARED: parts.pop(SHARED)} if SHARED in parts else {}
+    ordered.update(parts)
+    ordered[OVERALL] = {"total": sum(p["total"] for p in ordered.values()),
+                        "kept": sum(p["kept"] for p in ordered.values()),
+                        "layers": sum(p["layers"] for p in ordered.values())}
+    for part in ordered.values():
+        part["sparsity"] = _sparsity(part["kept"], part["total"])
+    return ordered
+
+
+def param_counts(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
+    """Learnable parameter counts: total, prunable (Conv/Linear weights), other (biases, BN), and kept."""
+    model = unwrap(model)
+    prunable = prunable_parameters(model)
+    total = sum(p.numel() for p in model.parameters())
+    n_prunable = sum(w.numel() for w in prunable.values())
+    kept_prunable = (sum(int(masks[n].count_nonzero()) if n in masks else w.numel() for n, w in prunable.items())
+                     if masks is not None else n_prunable)
+    return {"total": total, "prunable": n_prunable, "other": total - n_prunable,
+            "prunable_kept": kept_prunable, "kept": total - n_prunable + kept_prunable}
+
+
+def _layer_macs(model: nn.Module, input_size: Sequence[int], device: str | torch.device) -> dict[str, int]:
+    """Dense MACs per Conv2d/Linear module (by weight name) for one forward of `input_size`."""
+    macs: dict[str, int] = {}
+    handles = []
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            per_sample = output.numel() // max(1, output.shape[0]) if output.dim() > 1 else output.numel()
+            if isinstance(module, nn.Conv2d):
+                fan = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+            else:
+                fan = module.in_features
+            macs[f"{name}.weight"] = macs.get(f"{name}.weight", 0) + per_sample * fan
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_TYPES):
+            handles.append(module.register_forward_hook(hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = torch.zeros(tuple(input_size), device=device)
+            if torch.device(device).type == "meta":
+                state = {k: torch.empty_like(v, device="meta") for k, v in model.state_dict(keep_vars=True).items()}
+                torch.func.functional_call(model, state, (x,))
+            else:
+                model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return macs
+
+
+def mac_counts(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None,
+               input_size: Sequence[int] = (1, 3, 321, 321), device: str | torch.device = "meta"
+               ) -> dict[str, Any]:
+    """{"layers": {name: {dense, kept}}, "parts": {part: {dense, kept}}, "dense", "kept", "input_size"}.
+
+    Counted for a batch of one (`input_size[0]` only sets the dummy batch). `device="meta"` infers the
+    shapes without computing; pass a real device for modules the meta device does not support.
+    """
+    model = unwrap(model)
+    try:
+        dense = _layer_macs(model, input_size, device)
+    except (NotImplementedError, RuntimeError):
+        if torch.device(device).type != "meta":
+            raise
+        dense = _layer_macs(model, input_size, next(model.parameters()).device)
+    layers: dict[str, dict[str, float]] = {}
+    parts: dict[str, dict[str, float]] = {}
+    for name, count in dense.items():
+        if masks is not None and name in masks:
+            mask = masks[name]
+            density = int(mask.count_nonzero()) / mask.numel() if mask.numel() else 0.0
+        else:
+            density = 1.0
+        kept = count * density
+        layers[name] = {"dense": count, "kept": kept}
+        part = parts.setdefault(owner_of(name), {"dense": 0, "kept": 0.0})
+        part["dense"] += count
+        part["kept"] += kept
+    total_dense = sum(v["dense"] for v in layers.values())
+    total_kept = sum(v["kept"] for v in layers.values())
+    return {"input_size": list(input_size), "layers": layers, "parts": parts, "dense": total_dense,
+            "kept": total_kept}
+
+
+def build_report(model: nn.Module, masks: Mapping[str, torch.Tensor],
+                 input_size: Sequence[int] | None = (1, 3, 321, 321)) -> dict[str, Any]:
+    """Everything at once: {"layers", "summary", "params", "macs"} (MACs skipped when input_size is None)."""
+    rows = layer_rows(masks, model)
+    report: dict[str, Any] = {"layers": rows, "summary": summarize(rows), "params": param_counts(model, masks)}
+    if input_size is not None:
+        macs = mac_counts(model, masks, input_size)
+        for row in rows:
+            layer = macs["layers"].get(row["name"], {"dense": 0, "kept": 0.0})
+            row["macs_dense"] = layer["dense"]
+            row["macs_kept"] = layer["kept"]
+        report["macs"] = {k: v for k, v in macs.items() if k != "layers"}
+    return report
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def format_table(report_or_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str:
+    """A printable table: one line per layer, then the per-part summary (and params/MACs when present)."""
+    if isinstance(report_or_rows, Mapping):
+        report = report_or_rows
+        rows = report["layers"]
+    else:
+        rows = list(report_or_rows)
+        report = {"layers": rows, "summary": summarize(rows)}
+    width = max([len("layer")] + [len(r["name"]) for r in rows])
+    owner_w = max([len("owner")] + [len(r["owner"]) for r in rows])
+    with_macs = bool(rows) and "macs_dense" in rows[0]
+    head = f"{'layer':<{width}}  {'owner':<{owner_w}}  {'shape':<18} {'total':>12} {'kept':>12} {'sparsity':>9}"
+    if with_macs:
+        head += f" {'MACs':>9} {'kept MACs':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        shape = "x".join(str(s) for s in r["shape"])
+        line = (f"{r['name']:<{width}}  {r['owner']:<{owner_w}}  {shape:<18} {r['total']:>12,} {r['kept']:>12,} "
+                f"{100 * r['sparsity']:>8.2f}%")
+        if with_macs:
+            line += f" {_human(r['macs_dense']):>9} {_human(r['macs_kept']):>9}"
+        lines.append(line)
+    lines.append("-" * len(head))
+    for part, s in report["summary"].items():
+        lines.append(f"{part:<{width}}  {'':<{owner_w}}  {str(s['layers']) + ' layers':<18} {s['total']:>12,} "
+                     f"{s['kept']:>12,} {100 * s['sparsity']:>8.2f}%")
+    if "params" in report:
+        p = report["params"]
+        lines.append(f"parameters: {p['total']:,} dense, {p['kept']:,} kept "
+                     f"({p['prunable']:,} prunable of which {p['prunable_kept']:,} kept; {p['other']:,} biases/BN)")
+    if "macs" in report:
+        m = report["macs"]
+        ratio = m["kept"] / m["dense"] if m["dense"] else 0.0
+        lines.append(f"MACs for input {'x'.join(map(str, m['input_size']))}: {_human(m['dense'])} dense, "
+                     f"{_human(m['kept'])} with the sparsity exploited ({100 * ratio:.2f}%)")
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """One CSV line per layer (shape written as e.g. 64x3x7x7)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = ["name", "owner", "shape", "total", "kept", "sparsity"]
+    if rows and "macs_dense" in rows[0]:
+        fields += ["macs_dense", "macs_kept"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "shape": "x".join(str(s) for s in row["shape"])})
+    os.replace(tmp, path)
+
+
+def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
+    os.replace(tmp, path)

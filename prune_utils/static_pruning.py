@@ -1,4 +1,4 @@
-"""One-shot pruning methods: from scores to one mask set at the requested sparsity (REFERENCE.md §5).
+r"""One-shot pruning methods: from scores to one mask set at the requested sparsity (REFERENCE.md §5).
 
 | method | network scored | saliency (default) | masks |
 |---|---|---|---|

@@ -24,3 +24,14 @@ def synthetic_root(tmp_path_factory) -> Path:
 
     return generate_synthetic(tmp_path_factory.mktemp("synthetic") / "root", n_train=8, n_test=4, size=(48, 64),
                               seed=0, num_classes=8)
+
+
+@pytest.fixture(scope="session")
+def synthetic_overrides(synthetic_root) -> list[str]:
+    """`--set` items that make a config match the `synthetic_root` set (size, counts, eval shape)."""
+    from dataloaders.synthetic import read_meta
+
+    meta = read_meta(synthetic_root)
+    h, w = meta["size"]
+    return [f"data.image_shape=[{h},{w}]", f"synthetic.n_train={meta['n_train']}",
+            f"synthetic.n_test={meta['n_test']}", f"synthetic.size=[{h},{w}]"]

@@ -20,9 +20,10 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
+if TYPE_CHECKING:                      # torch is imported only when needed, so --help and bad flags are instant
+    import torch
 
 
 def build_parser() -> argparse.ArgumentParser:

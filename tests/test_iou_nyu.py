@@ -63,13 +63,14 @@ def test_nyu_iou_falls_with_depth(tmp_path):
 
 def test_similarity_cache_reused_and_forced(tmp_path):
     _needs_pruning_modules()
-    args = ["static_similarity.py", "--dataset", "nyuv2", *COMMON,
+    base = ["static_similarity.py", "--dataset", "nyuv2", *COMMON, "--set", "model.width_mult=0.125",
             "--set", "tasks=[seg, sn, depth]", "--set", "num_classes=[40, 3, 1]", "--set", "loss_weights=[1, 20, 3]",
-            "--num_batches", "1", "--num_seeds", "1", "--sparsities", "50,90", "--all",
-            "--dump_dir", tmp_path / "dump", "--table_json", tmp_path / "table.json", "--format", "latex", "--no_plot"]
-    first = run(*args)
+            "--num_seeds", "1", "--sparsities", "50,90", "--dump_dir", tmp_path / "dump",
+            "--table_json", tmp_path / "table.json", "--no_plot"]
+    cache_dir = tmp_path / "dump" / "nyuv2"
+    first = run(*base, "--num_batches", "1", "--all", "--format", "latex")
     assert "saliency computed" in first.stdout
-    caches = list((tmp_path / "dump" / "nyuv2").glob("scores_*.npz"))
+    caches = list(cache_dir.glob("scores_*.npz"))
     assert len(caches) == 1
     mtime = caches[0].stat().st_mtime_ns
     table = json.loads((tmp_path / "table.json").read_text())
@@ -77,24 +78,25 @@ def test_similarity_cache_reused_and_forced(tmp_path):
     for cell in table.values():
         assert set(cell) == {"s50,90_X_seg_X_sn", "s50,90_X_seg_X_depth", "s50,90_X_sn_X_depth"}
     assert r"\end{tabular}" in first.stdout
+    record = json.loads(next(cache_dir.glob("sim_equal_X_masked_sals_*.json")).read_text())
+    m = record["matrix"]
+    assert all(abs(m[i][i] - 1) < 1e-9 for i in range(3))
+    assert all(m[i][j] == m[j][i] for i in range(3) for j in range(3))
 
-    second = run(*args)
+    single = ["--num_batches", "1", "--layer_method", "linear", "--sim_method", "masked_sals"]
+    second = run(*base, *single)
     assert "loaded from cache" in second.stdout and "saliency computed" not in second.stdout
     assert caches[0].stat().st_mtime_ns == mtime
     assert json.loads((tmp_path / "table.json").read_text()) == table        # same scores, same numbers
 
-    third = run(*args, "--force_run")
+    third = run(*base, *single, "--force_run")
     assert "saliency computed" in third.stdout
     assert caches[0].stat().st_mtime_ns > mtime
 
     # a different num_batches is a different cache entry (the original's stale-cache bug)
-    fourth = run(*[a if a != "1" or i != args.index("--num_batches") + 1 else "2" for i, a in enumerate(args)])
+    fourth = run(*base, "--num_batches", "2", "--layer_method", "linear", "--sim_method", "masked_sals")
     assert "saliency computed" in fourth.stdout
-    assert len(list((tmp_path / "dump" / "nyuv2").glob("scores_*.npz"))) == 2
-    record = json.loads(next((tmp_path / "dump" / "nyuv2").glob("sim_equal_X_masked_sals_*.json")).read_text())
-    m = record["matrix"]
-    assert all(abs(m[i][i] - 1) < 1e-9 for i in range(3))
-    assert all(m[i][j] == m[j][i] for i in range(3) for j in range(3))
+    assert len(list(cache_dir.glob("scores_*.npz"))) == 2
 
 
 def test_iou_from_pruned_checkpoint(tmp_path):

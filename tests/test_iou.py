@@ -8,7 +8,6 @@ import torch
 
 from prune_utils import iou as I
 
-B = torch.tensor
 
 
 def bools(*bits):

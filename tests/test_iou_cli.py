@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine.checkpoint import atomic_save, make_checkpoint
 from engine.config import load_config

@@ -11,11 +11,14 @@ whatever its number of metrics. The metrics that count per task (`DELTA_M_METRIC
 * keypoint, edge: err ↓.
 
 Units cancel in the ratio, so fractions vs percentages do not matter as long as both dicts come
-from the same code (same `compat`).
+from the same code (same `compat`). A metric whose baseline value is 0 has no relative change (an
+untrained or degenerate baseline, e.g. δ < 1.25 = 0 %): it is left out of its task's mean with a
+warning; a task left with no metric at all is an error.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Mapping
 
 from .metrics import metric_tasks
@@ -50,8 +53,8 @@ def delta_m(metrics: Mapping[str, Any], baseline: Mapping[str, Any]) -> float:
     """Δm in percent of `metrics` against `baseline` (both metrics dicts as `MetricAccumulator.compute`
     or a metrics JSON gives them; top-level scalars such as `delta_m` and `sparsity` are ignored).
 
-    Raises a one-line ValueError when the task sets differ, a metric is missing or not finite, or a
-    baseline value is 0.
+    Raises a one-line ValueError when the task sets differ, a metric is missing or not finite, or every
+    baseline value of a task is 0 (single zero baselines are skipped with a warning).
     """
     tasks, base_tasks = metric_tasks(metrics), metric_tasks(baseline)
     if set(tasks) != set(base_tasks):
@@ -68,8 +71,12 @@ def delta_m(metrics: Mapping[str, Any], baseline: Mapping[str, Any]) -> float:
             if not (math.isfinite(value) and math.isfinite(base)):
                 raise ValueError(f"delta_m: metric {task}/{name} is not finite ({value} vs baseline {base})")
             if base == 0:
-                raise ValueError(f"delta_m: baseline value of {task}/{name} is 0")
+                warnings.warn(f"delta_m: baseline value of {task}/{name} is 0; left out of the mean", RuntimeWarning,
+                              stacklevel=2)
+                continue
             sign = -1.0 if lower_is_better(task, name) else 1.0
             terms.append(sign * (value - base) / base)
+        if not terms:
+            raise ValueError(f"delta_m: every baseline metric of task {task} is 0, so no relative change exists")
         per_task.append(sum(terms) / len(terms))
     return 100.0 * sum(per_task) / len(per_task)

@@ -434,8 +434,12 @@ def test_delta_m_errors_and_directions():
     with pytest.raises(ValueError, match="tasks differ"):
         delta_m({"seg": BASE["seg"]}, BASE)
     zero = {"seg": {**BASE["seg"], "mIoU": 0.0}, "depth": BASE["depth"]}
-    with pytest.raises(ValueError, match="is 0"):
-        delta_m(BASE, zero)
+    better_pixacc = {"seg": {**BASE["seg"], "Pixel Acc": 1.1 * BASE["seg"]["Pixel Acc"]}, "depth": BASE["depth"]}
+    with pytest.warns(RuntimeWarning, match="seg/mIoU is 0"):   # mIoU left out: seg is Pixel Acc alone
+        assert delta_m(better_pixacc, zero) == pytest.approx(100 * (0.1 + 0.0) / 2)
+    all_zero = {"seg": {**BASE["seg"], "mIoU": 0.0, "Pixel Acc": 0.0}, "depth": BASE["depth"]}
+    with pytest.raises(ValueError, match="every baseline metric of task seg is 0"), pytest.warns(RuntimeWarning):
+        delta_m(BASE, all_zero)
     for task, names in DELTA_M_METRICS.items():
         assert set(names) <= set(METRIC_KEYS[task]) == set(METRIC_DIRECTIONS[task])
     assert METRIC_DIRECTIONS["sn"]["Angle Median"] == "lower" and METRIC_DIRECTIONS["seg"]["mIoU"] == "higher"

@@ -1,9 +1,18 @@
 """Shared test fixtures (keep generic; append new fixtures below)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+# One intra-op thread for the test process and every subprocess it starts: on 2-core CI machines,
+# OpenMP threads of concurrent processes spin against each other and slow small steps 5-10x.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NYUV2_SAMPLES = PROJECT_ROOT.parent / "shared" / "data" / "nyuv2_samples"

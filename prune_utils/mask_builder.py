@@ -23,20 +23,26 @@ bracketing search converges. It never sorts a pool (a full sort of 44.5 M floats
 cores). Instead:
 
 1. Each pool gets one 32768-bin histogram of the top 16 bits of its float32 scores (sign, exponent and
-   7 mantissa bits: for non-negative floats these bits order like the values). With the histogram the
-   exact k-th largest score is found by looking only inside one bin (radix select), and the number of
-   backbone weights a task keeps is known without building its mask.
+   7 mantissa bits: for non-negative floats these bits order like the values). The exact k-th largest
+   score is then found by looking inside one bin only, at its low 16 bits (a two-level radix select);
+   a bin is extracted once and reused for every k that ends in it. The number of backbone weights a
+   task keeps follows from the histograms, without building its mask.
 2. For vote arbiters the joint behaviour of the tasks on the backbone is estimated on a fixed sample of
-   backbone positions (2 M by default, all of them for small nets): each sampled weight's rank fraction in
-   each task is read off the histograms, and the arbiter keeps it when the m-th smallest of those is
-   below ρ. `mean_score` needs no sample (its k follows from the per-task counts).
+   backbone positions (every p-th position, p the first prime >= |backbone| / 2 M; all of them for
+   small nets): each sampled weight's rank fraction in each task is read off the histograms, and the
+   arbiter keeps it when the m-th smallest of those is below ρ. `mean_score` needs no sample (its k
+   follows from the per-task counts).
 3. Bisection on that estimate gives ρ̂; the masks are then built exactly at ρ̂ and counted. If the exact
-   count is off by more than `tol`, exact evaluations continue (estimated-slope steps inside a shrinking
-   bracket, then plain bisection) until it is within `tol` or no keep ratio changes the count any more.
+   count is off by more than `tol`, exact evaluations continue inside a shrinking bracket (one step
+   along the estimate's slope, then secant steps, bisecting whenever one end stalls) until the count is
+   within `tol` or no keep ratio changes it any more. The estimate ignores the position order inside
+   a big tie (e.g. many exact-zero scores), which is where the extra exact evaluations happen.
 
-On the full NYUv2 net (67.6 M weights, two pools of ~44.5 M) this takes well under 1.5 s on 2 CPU cores;
-see the module's benchmark notes in the report. Score tensors that are views into one flat float32
-buffer per task (as `prune_utils.saliency.compute_scores` returns them) are used without a copy.
+Measured on the full NYUv2 net (67.6 M weights, two pools of ~44.5 M, uniform random scores), scores to
+masks including the search, one exact evaluation each: ≈ 0.5 s with one thread (CPU time, 2-core VM);
+≈ 0.8 s when the scores are separate tensors that must be concatenated first; with 30 % exact-zero scores
+up to ≈ 1.2 s CPU (3 exact evaluations). Score tensors that are views into one flat float32 buffer per
+task (as `prune_utils.saliency.compute_scores` returns them) are used without a copy.
 
 Returned mask sets are views into one flat bool buffer (contract 3 holds: one BoolTensor per prunable
 weight, same shape); `.clone()` an entry if it must own its memory.
@@ -46,7 +52,7 @@ from __future__ import annotations
 import sys
 import warnings
 from fractions import Fraction
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -111,39 +117,41 @@ def _flat_float32(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 _FEW_TIES = 1 << 16                 # up to this many tie positions are written one by one
+_CHUNK = 1 << 20                    # chunk size when counting equal scores in position order
 
 
 class _Selection:
-    """The exact top-k of a ranked pool: keep `value > tau`, plus the first `ties` positions with value == tau."""
+    """The exact top-k of a ranked pool: keep `value > tau`, plus the ties (value == tau) up to position
+    `tie_cut`. `ties` lists those tie positions when they were cheap to list (else None)."""
 
-    __slots__ = ("k", "tau", "ties", "split_kept", "head_kept")
+    __slots__ = ("k", "tau", "ties", "tie_cut", "split_kept", "head_kept")
 
-    def __init__(self, k: int, tau: torch.Tensor | None, ties: torch.Tensor, split_kept: int) -> None:
+    def __init__(self, k: int, tau: torch.Tensor | None, ties: torch.Tensor | None, tie_cut: int,
+                 split_kept: int) -> None:
         self.k = k
         self.tau = tau                # 0-dim float32 tensor, None when k == 0
-        self.ties = ties              # ascending int64 positions with value == tau that are kept
+        self.ties = ties              # ascending int64 positions with value == tau that are kept, or None
+        self.tie_cut = tie_cut        # the last kept position with value == tau (-1: none)
         self.split_kept = split_kept  # kept positions below the pool's split (the backbone part)
         self.head_kept = k - split_kept
 
 
 class _Bin:
-    """The contents of one top-16-bit bin, extracted once and reused for every k that ends in it."""
+    """Counts of the low 16 bits inside one top-16-bit bin, extracted once and reused for every k in it.
 
-    def __init__(self, positions: torch.Tensor, low: torch.Tensor, split: int) -> None:
-        self.positions = positions                                   # ascending
-        self.low = low                                               # low 16 bits, int32 in [0, 65535]
-        self.sub = torch.bincount(low, minlength=1 << 16).numpy().astype(np.int64)
-        in_split = int(torch.searchsorted(positions, split)) if positions.numel() else 0
-        self.sub_split = torch.bincount(low[:in_split], minlength=1 << 16).numpy().astype(np.int64)
+    A light bin (few elements) also keeps its positions; a heavy one (e.g. all the exact zeros) only its
+    counts, and the positions of a tie are then found by counting equal values chunk by chunk.
+    """
+
+    def __init__(self, sub: np.ndarray, sub_split: np.ndarray, positions: torch.Tensor | None = None,
+                 low: torch.Tensor | None = None) -> None:
+        self.sub = sub
+        self.sub_split = sub_split
+        self.positions = positions                                   # ascending, light bins only
+        self.low = low
         self.sub_at_or_above = np.cumsum(self.sub[::-1])[::-1].copy()
         self.sub_split_above = np.cumsum(self.sub_split[::-1])[::-1] - self.sub_split
-        self._equal: dict[int, torch.Tensor] = {}
-
-    def equal(self, c: int) -> torch.Tensor:
-        """Ascending positions whose low 16 bits are c (bitwise-equal scores)."""
-        if c not in self._equal:
-            self._equal[c] = self.positions[self.low == c]
-        return self._equal[c]
+        self.equal_cache: dict[int, Any] = {}
 
 
 class _Ranked:
@@ -205,21 +213,73 @@ class _Ranked:
 
     # -- exact ------------------------------------------------------------------------------------------------
     def _bin(self, b: int) -> _Bin:
-        if b not in self._bins:
-            padded = -(-self.n // 8) * 8
-            flags = self._bool[:padded]
+        if b in self._bins:
+            return self._bins[b]
+        padded = -(-self.n // 8) * 8
+        flags = self._bool[:padded]
+        torch.eq(self.high, b, out=flags[:self.n])
+        if padded > self.n:
+            flags[self.n:].fill_(False)
+        width = 1 << 16
+        if self.count[b] * 32 > self.n:   # heavy: count the low halves without listing positions
+            contents = self._single_valued_bin(b, flags)
+            if contents is not None:
+                self._bins[b] = contents
+                return contents
             torch.eq(self.high, b, out=flags[:self.n])
-            if padded > self.n:
-                flags[self.n:].fill_(False)
-            if self.count[b] * 32 > self.n:
-                positions = flags[:self.n].nonzero().view(-1)
-            else:  # a sparse bin: find the non-zero 8-byte words first, then look inside only those
-                words = flags.view(torch.int64).nonzero().view(-1)
-                hits = flags.view(torch.uint8).view(-1, 8)[words].nonzero()
-                positions = words[hits[:, 0]] * 8 + hits[:, 1]
+            low_split = self.low16[:self.split][flags[:self.split]].to(torch.int32) & 0xFFFF
+            low_rest = self.low16[self.split:][flags[self.split:self.n]].to(torch.int32) & 0xFFFF
+            sub_split = torch.bincount(low_split, minlength=width).numpy().astype(np.int64)
+            sub = sub_split + torch.bincount(low_rest, minlength=width).numpy().astype(np.int64)
+            contents = _Bin(sub, sub_split)
+        else:                             # light: find the non-zero 8-byte words, then look inside them
+            words = flags.view(torch.int64).nonzero().view(-1)
+            hits = flags.view(torch.uint8).view(-1, 8)[words].nonzero()
+            positions = words[hits[:, 0]] * 8 + hits[:, 1]
             low = self.low16[positions].to(torch.int32) & 0xFFFF
-            self._bins[b] = _Bin(positions, low, self.split)
-        return self._bins[b]
+            in_split = int(torch.searchsorted(positions, self.split)) if positions.numel() else 0
+            contents = _Bin(torch.bincount(low, minlength=width).numpy().astype(np.int64),
+                            torch.bincount(low[:in_split], minlength=width).numpy().astype(np.int64),
+                            positions, low)
+        self._bins[b] = contents
+        return contents
+
+    def _single_valued_bin(self, b: int, flags: torch.Tensor) -> _Bin | None:
+        """A heavy bin holding one value only (typically all the exact zeros): its counts from one compare
+        pass, which also gives the per-chunk counts `_ties` needs. None when the bin holds several values."""
+        first = int(torch.argmax(flags[:self.n].view(torch.uint8)))
+        value = self.flat[first].clone()
+        torch.eq(self.flat, value, out=flags[:self.n])
+        counts = [int(flags[i:i + _CHUNK].count_nonzero()) for i in range(0, self.n, _CHUNK)]
+        if sum(counts) != self.count[b]:
+            return None
+        c = int(value.reshape(1).view(torch.int16)[1 - _HI]) & 0xFFFF
+        sub = np.zeros(1 << 16, dtype=np.int64)
+        sub_split = np.zeros(1 << 16, dtype=np.int64)
+        sub[c] = self.count[b]
+        sub_split[c] = int(flags[:self.split].count_nonzero())
+        contents = _Bin(sub, sub_split)
+        contents.equal_cache[c] = np.cumsum(counts)
+        return contents
+
+    def _ties(self, contents: _Bin, c: int, tau: torch.Tensor, r: int) -> tuple[torch.Tensor | None, int]:
+        """The first r positions holding exactly tau: (listed positions or None, last position)."""
+        if contents.positions is not None:
+            if c not in contents.equal_cache:
+                contents.equal_cache[c] = contents.positions[contents.low == c]
+            ties = contents.equal_cache[c][:r]
+            return ties, int(ties[-1])
+        if c not in contents.equal_cache:     # one pass: how many equal values each chunk holds
+            flags = self._bool[:self.n]
+            torch.eq(self.flat, tau, out=flags)
+            counts = [int(flags[i:i + _CHUNK].count_nonzero()) for i in range(0, self.n, _CHUNK)]
+            contents.equal_cache[c] = np.cumsum(counts)
+        cumulative = contents.equal_cache[c]
+        chunk = int(np.searchsorted(cumulative, r))            # first chunk reaching r equal values
+        before = int(cumulative[chunk - 1]) if chunk else 0
+        start = chunk * _CHUNK
+        inside = (self.flat[start:start + _CHUNK] == tau).nonzero().view(-1)
+        return None, start + int(inside[r - before - 1])
 
     def select(self, k: int) -> _Selection:
         """Exact top-k: radix select on the top 16 bits (histogram), then on the low 16 bits inside one bin."""
@@ -227,7 +287,7 @@ class _Ranked:
         if k in self._cache:
             return self._cache[k]
         if k == 0:
-            sel = _Selection(0, None, torch.empty(0, dtype=torch.int64), 0)
+            sel = _Selection(0, None, torch.empty(0, dtype=torch.int64), -1, 0)
         else:
             b = self._bin_of(k)
             r = int(k - self.above[b])                       # to take from bin b: 1 <= r <= count[b]
@@ -236,10 +296,10 @@ class _Ranked:
             r_equal = r - int(contents.sub_at_or_above[c] - contents.sub[c])  # among the values == tau
             bits = np.array([(b << 16) | c], dtype=np.int32)
             tau = torch.from_numpy(bits.view(np.float32).copy()).reshape(())
-            ties = contents.equal(c)[:r_equal]               # the earliest positions win
+            ties, cut = self._ties(contents, c, tau, r_equal)  # the earliest positions win
             split_kept = (int(self.above_split[b]) + int(contents.sub_split_above[c])
                           + min(r_equal, int(contents.sub_split[c])))
-            sel = _Selection(k, tau, ties, split_kept)
+            sel = _Selection(k, tau, ties, cut, split_kept)
         self._cache[k] = sel
         return sel
 
@@ -250,17 +310,18 @@ class _Ranked:
             out.fill_(False)
             return
         torch.gt(self.flat[start:stop], sel.tau, out=out)
+        if sel.tie_cut < start:
+            return
         ties = sel.ties
-        if not ties.numel():
-            return
-        first = int(torch.searchsorted(ties, start))
-        last = int(torch.searchsorted(ties, stop))
-        if last - first <= _FEW_TIES:
-            if last > first:
-                out[ties[first:last] - start] = True
-            return
+        if ties is not None:
+            first = int(torch.searchsorted(ties, start))
+            last = int(torch.searchsorted(ties, stop))
+            if last - first <= _FEW_TIES:
+                if last > first:
+                    out[ties[first:last] - start] = True
+                return
         # many ties: every value == tau up to the last kept tie is kept
-        end = min(stop, int(ties[-1]) + 1)
+        end = min(stop, sel.tie_cut + 1)
         prefix = out[:end - start]
         prefix |= self.flat[start:end] == sel.tau
 
@@ -611,8 +672,9 @@ def masks_for_sparsity(scores: Scores, target_sparsity: float, arbiter: ArbiterL
             counts[key] = problem.evaluate(r, arb, build=False)[0]
         return counts[key]
 
-    lo, hi = 0.0, 1.0
+    lo, hi = (0.0, 0.0), (1.0, float(total))       # (rho, kept) at the bracket ends (kept at 0: about 0)
     best: tuple[float, float, int] | None = None    # (|error|, rho, kept)
+    moved: list[str] = []
     for step in range(200):
         kept = exact(rho)
         error = abs(kept - target)
@@ -621,18 +683,27 @@ def masks_for_sparsity(scores: Scores, target_sparsity: float, arbiter: ArbiterL
         if error <= window or len(counts) >= max_evaluations:
             break
         if kept < target:
-            lo = rho
+            lo = (rho, kept)
+            moved.append("lo")
         else:
-            hi = rho
-        mid = 0.5 * (lo + hi)
-        if not lo < mid < hi:
+            hi = (rho, kept)
+            moved.append("hi")
+        mid = 0.5 * (lo[0] + hi[0])
+        if not lo[0] < mid < hi[0]:
             break                                   # the bracket cannot shrink any more
         candidate = mid
-        if estimate is not None and step < 3:
+        if step == 0 and estimate is not None:
+            # the estimate's local slope: right away when the estimate is only off by a shift
             below, above = max(rho - 1e-4, 0.0), min(rho + 1e-4, 1.0)
             slope = (estimate(above) - estimate(below)) / (above - below)
-            if slope > 0 and lo < rho + (target - kept) / slope < hi:
+            if slope > 0:
                 candidate = rho + (target - kept) / slope
+        elif moved[-2:] not in (["lo", "lo"], ["hi", "hi"]) and hi[1] > lo[1]:
+            # secant on the bracket (the count is piecewise linear in rho, even inside a big tie);
+            # when one end stalls twice in a row, bisect instead
+            candidate = lo[0] + (target - lo[1]) * (hi[0] - lo[0]) / (hi[1] - lo[1])
+        if not lo[0] < candidate < hi[0]:
+            candidate = mid
         rho = candidate
     evaluations = len(counts)
     _, rho, kept = best

@@ -99,7 +99,10 @@ def test_keep_count_rules():
 # against a plain reference (full stable sort) on a small net, ties included
 
 
-def _tiny_scores(tasks=("a", "b", "c"), seed=0, integer=False):
+def _tiny_scores(tasks=("a", "b", "c"), seed=0, integer=False, kind=None):
+    """Random scores on a small net. kind: uniform, integer (many ties), zeros (half exact zeros: one
+    heavy single-valued bin), narrow (1 + U(0, 1e-3): every score in one heavy bin of many values)."""
+    kind = kind or ("integer" if integer else "uniform")
     net = MultiTaskNet({t: 2 for t in tasks}, width_mult=0.0625)
     params = prunable_parameters(net)
     names = list(params)
@@ -109,8 +112,15 @@ def _tiny_scores(tasks=("a", "b", "c"), seed=0, integer=False):
         scores[task] = {}
         for n in task_pool(names, task):
             shape = params[n].shape
-            scores[task][n] = (torch.randint(0, 50, shape, generator=g).float() if integer
-                               else torch.rand(shape, generator=g))
+            if kind == "integer":
+                value = torch.randint(0, 50, shape, generator=g).float()
+            elif kind == "narrow":
+                value = 1 + 1e-3 * torch.rand(shape, generator=g)
+            else:
+                value = torch.rand(shape, generator=g)
+                if kind == "zeros":
+                    value[torch.rand(shape, generator=g) < 0.5] = 0.0
+            scores[task][n] = value
     return net, scores
 
 
@@ -131,10 +141,11 @@ def _reference_task_masks(scores, keep_ratio):
     return out
 
 
-@pytest.mark.parametrize("integer", [False, True])
-def test_task_masks_match_full_sort_reference(integer):
-    _, scores = _tiny_scores(integer=integer)
-    for keep in (0.013, 0.1, 0.37, 0.5, 0.9):
+@pytest.mark.parametrize("kind", ["uniform", "integer", "zeros", "narrow"])
+def test_task_masks_match_full_sort_reference(kind, monkeypatch):
+    monkeypatch.setattr(mb, "_CHUNK", 4096)          # several chunks when locating ties in a heavy bin
+    _, scores = _tiny_scores(kind=kind)
+    for keep in (0.013, 0.1, 0.37, 0.5, 0.6, 0.9):
         ours = mb.task_masks(scores, keep)
         ref = _reference_task_masks(scores, keep)
         for task in scores:
@@ -143,9 +154,10 @@ def test_task_masks_match_full_sort_reference(integer):
                 assert torch.equal(ours[task][n], ref[task][n]), (keep, task, n)
 
 
+@pytest.mark.parametrize("kind", ["integer", "zeros"])
 @pytest.mark.parametrize("arbiter", ["unanimous", "intersection", "majority", "mean_score"])
-def test_fast_path_equals_combine_of_task_masks(arbiter):
-    net, scores = _tiny_scores(integer=True)
+def test_fast_path_equals_combine_of_task_masks(arbiter, kind):
+    net, scores = _tiny_scores(kind=kind)
     for keep in (0.05, 0.3, 0.8):
         fast = mb.masks_for_keep_ratio(scores, keep, arbiter)
         slow = mb.combine(mb.task_masks(scores, keep), arbiter, scores=scores)

@@ -52,7 +52,7 @@ from __future__ import annotations
 import sys
 import warnings
 from fractions import Fraction
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -707,6 +707,7 @@ def masks_for_sparsity(scores: Scores, target_sparsity: float, arbiter: ArbiterL
         rho = candidate
     evaluations = len(counts)
     _, rho, kept = best
+    rho = float(rho)
     within = abs(kept - target) <= window
     if not within:
         warnings.warn(f"masks_for_sparsity: closest achievable sparsity {1 - kept / total:.6f} is outside "

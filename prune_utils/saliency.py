@@ -43,8 +43,10 @@ The scoring always happens on a deep copy, so the caller's model keeps its weigh
 statistics and `.grad` untouched.
 
 Seeds: `generator` is a `torch.Generator`, an int seed, or None (then one seed is drawn from torch's
-global RNG, so `engine.runtime.seed_everything` makes runs reproducible). It seeds the Xavier re-draw,
-the random scores and the dropout draws.
+global RNG, so `engine.runtime.seed_everything` makes runs reproducible). Precisely: base = the first
+draw of `torch.randint(0, 2**62, (1,), generator=generator)`; the Xavier re-draw and the random scores
+use `torch.Generator().manual_seed(base)`, the dropout draws `torch.manual_seed(base + 1 + rank)` inside
+a forked RNG state (the caller's global RNG is left as it was).
 
 Distributed: when `torch.distributed` is initialised, every rank scores its own batches; the summed
 |grad| buffers are all-reduced (SUM) before the multiplication by the weights, so every rank ends with
@@ -235,6 +237,8 @@ class GradientSaliency:
         from tqdm import tqdm
 
         tasks = _check_tasks(tasks, task_agnostic_weights)
+        if batches is None:
+            raise ValueError(f"saliency {self.name!r} needs data batches")
         model = unwrap(model)
         device = torch.device(device) if device is not None else next(model.parameters()).device
         loss = _resolve_loss(loss_fn)
@@ -257,7 +261,8 @@ class GradientSaliency:
         cuda = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed + 1 + rank)     # dropout draws (mode "train"); distinct per rank
-            for batch in tqdm(take_batches(batches, num_batches), total=num_batches, disable=None if progress is None else not progress,
+            show = None if progress is None else not progress
+            for batch in tqdm(take_batches(batches, num_batches), total=num_batches, disable=show,
                               desc=f"saliency ({self.name})", leave=False):
                 batch = _to_device(batch, device)
                 if task_agnostic_weights is not None:

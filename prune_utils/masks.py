@@ -73,10 +73,11 @@ def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
 
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Zero the pruned weights in place."""
+    """Zero the pruned weights in place (`masked_fill_`, not a product: +0.0 everywhere, and an inf or NaN
+    at a pruned position cannot survive as NaN)."""
     for name, weight in prunable_parameters(model).items():
         if name in masks:
-            weight.mul_(masks[name].to(device=weight.device, dtype=weight.dtype))
+            weight.masked_fill_(~masks[name].to(device=weight.device, dtype=torch.bool), 0.0)
 
 
 def masks_to(masks: Mapping[str, torch.Tensor], device: torch.device | str) -> MaskSet:

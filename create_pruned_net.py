@@ -25,11 +25,9 @@ from pathlib import Path
 
 import torch
 
-from engine.cli import base_parser, config_from_args, percent, ratio_label, run_main, unit_fraction
+from engine.cli import (add_saliency_arguments, base_parser, config_from_args, percent, ratio_label, run_main,
+                        unit_fraction)
 from prune_utils.static_pruning import METHODS, PER_TASK_METHODS, PruneRequest, paper_keep_ratio, prune
-
-SCORING_MODES = ("batch_stats", "train", "eval")
-
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keep the description's layout and show defaults."""
@@ -47,22 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "for the task-agnostic methods, the fraction of all weights kept")
     group.add_argument("--paper-keep-ratios", action="store_true",
                        help="use the original's hand-tuned keep ratio for --ratio (config pruning.paper_keep_ratios)")
-    parser.add_argument("--num_batches", "--num-batches", dest="num_batches", type=int, default=None, metavar="N",
-                        help="batches to accumulate saliency over (default: config pruning.num_batches)")
-    parser.add_argument("--batch-size", type=int, default=None, metavar="B",
-                        help="scoring batch size (default: config pruning.batch_size)")
+    add_saliency_arguments(parser, saliency_default_help="the method's: pruning.saliency for disparse_static, "
+                                                         "pruning.pt_saliency for disparse_pt, else the method's name")
     parser.add_argument("--dest", default=".", metavar="DIR", help="output folder")
     parser.add_argument("--from", dest="from_path", default=None, metavar="PATH",
                         help="dense checkpoint to prune (ours or the original's); disparse_pt defaults to "
                              "{dest}/final_{dataset}_baseline.pth")
-    parser.add_argument("--saliency", default=None, metavar="NAME",
-                        help="saliency method overriding the method's default: snip, grad_weight2, magnitude, random")
     parser.add_argument("--arbiter", default=None, metavar="NAME",
                         help="backbone arbiter for the per-task methods: unanimous (the paper), intersection, "
                              "majority, mean_score (default: config pruning.arbiter)")
-    parser.add_argument("--scoring-mode", choices=SCORING_MODES, default="batch_stats",
-                        help="network mode while scoring: batch_stats (BN batch statistics, no dropout: "
-                             "deterministic), train (the original: dropout on, seeded), eval")
     parser.add_argument("--export-compact", action="store_true",
                         help="also write {name}.compact.pth: kept values + bit-packed masks (prune_utils/compact.py)")
     parser.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
@@ -108,7 +99,7 @@ def main() -> None:
                            keep_ratio=keep_ratio, saliency=args.saliency,
                            arbiter=args.arbiter or config["pruning"]["arbiter"],
                            num_batches=args.num_batches or config["pruning"]["num_batches"],
-                           scoring_mode=args.scoring_mode)
+                           scoring_mode=args.saliency_mode)
 
     ctx = setup_distributed(args.device)
     try:

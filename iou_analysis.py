@@ -27,7 +27,7 @@ if TYPE_CHECKING:                      # torch is imported only when needed, so 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.cli import base_parser, percent, unit_fraction
+    from engine.cli import add_saliency_arguments, base_parser, percent, unit_fraction
     parser = base_parser("Per-layer IoU of the tasks' keep masks over the backbone (the paper's density plot): "
                          "JSON, CSV, a bar-plot PNG and a summary table.")
     level = parser.add_mutually_exclusive_group()
@@ -37,20 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     level.add_argument("--ratio", type=percent, default=None, metavar="R",
                        help="use the per-task keep ratio for which the arbiter's combined mask has R%% sparsity "
                             "(solved on the same scores)")
-    parser.add_argument("--num_batches", "--num-batches", type=int, default=None, metavar="N",
-                        help="train batches of saliency; default: the config's pruning.num_batches")
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=None,
-                        help="batch size of the saliency batches; default: the config's pruning.batch_size")
+    add_saliency_arguments(parser, saliency_default_help="the config's pruning.saliency (fresh net) or "
+                                                         "pruning.pt_saliency (--from)")
     parser.add_argument("--from", dest="from_ckpt", default=None, metavar="CKPT",
                         help="analyse this pruned checkpoint (must hold masks and the config's tasks): score its "
                              "weights per task and keep, per task, the top --keep-ratio of the weights it kept")
-    parser.add_argument("--saliency", default=None,
-                        help="saliency method for prune_utils.saliency.compute_scores; default: the config's "
-                             "pruning.saliency (fresh net) or pruning.pt_saliency (--from)")
-    parser.add_argument("--saliency_mode", "--saliency-mode", choices=("batch_stats", "train", "eval"),
-                        default="batch_stats",
-                        help="network mode while scoring (prune_utils.saliency): batch_stats = batch-statistic BN, "
-                             "no dropout (deterministic); train = the original's (dropout on, seeded); eval")
     parser.add_argument("--dest", default=".", metavar="DIR", help="output folder for {dataset}_iou.json/.csv/.png")
     parser.add_argument("--no_plot", "--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="hide the progress bars")

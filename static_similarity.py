@@ -19,14 +19,11 @@ import numpy as np
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.cli import base_parser
+    from engine.cli import add_saliency_arguments, base_parser
     from prune_utils.similarity import KEEP_RATIO_MODES, LAYER_METHODS, SIM_METHODS
     parser = base_parser("Meta-Sparse task similarity from per-task sparse masks (REFERENCE.md §9): per-task "
                          "SNIP masks on fresh nets, compared layer by layer over the backbone.")
-    parser.add_argument("--num_batches", "--num-batches", type=int, default=5,
-                        help="train batches of saliency per seed (the original's default 5; its runs used 50)")
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=None,
-                        help="batch size for the saliency; default: the config's pruning.batch_size")
+    add_saliency_arguments(parser, num_batches_default=5)   # the original's default 5 (its runs used 50)
     parser.add_argument("--num_seeds", "--num-seeds", type=int, default=5,
                         help="seeds --seed .. --seed+N-1, each a fresh net and data order; results are averaged")
     parser.add_argument("--sim_method", "--sim-method", choices=SIM_METHODS, default="iou",
@@ -44,13 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="per-task keep ratio of a sparsity: paper = the config's pruning.paper_keep_ratios."
                              "disparse_static table (as the original; (100-r)/100 for levels it lacks), "
                              "exact = (100-r)/100 of each task's pool")
-    parser.add_argument("--saliency", default=None,
-                        help="saliency method for prune_utils.saliency.compute_scores; default: the config's "
-                             "pruning.saliency (snip)")
-    parser.add_argument("--saliency_mode", "--saliency-mode", choices=("batch_stats", "train", "eval"),
-                        default="batch_stats",
-                        help="network mode while scoring (prune_utils.saliency): batch_stats = batch-statistic BN, "
-                             "no dropout (deterministic); train = the original's (dropout on, seeded)")
     parser.add_argument("--dump_dir", "--dump-dir", default="./subnetworks/",
                         help="where the saliency cache, per-cell JSON results and heatmaps go ({dump_dir}/{dataset}/)")
     parser.add_argument("--force_run", "--force-run", action="store_true",

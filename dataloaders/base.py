@@ -26,6 +26,19 @@ from .errors import DataError
 IMG_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], dtype=np.float32)
 DEPTH_MIN_VALID = 3e-5
 DENSE_INVALID = 255.0
+SEG_IGNORE = 255
+
+
+def dense_specs(seg_ignore: int = SEG_IGNORE) -> dict[str, MapSpec]:
+    """How each map of a dataset is resized and padded (docs/CONVENTIONS.md invalid values)."""
+    return {
+        "img": MapSpec("image", 0.0, np.float32),
+        "seg": MapSpec("label", seg_ignore, np.int64),
+        "normal": MapSpec("label", 0.0, np.float32, normal=True),
+        "depth": MapSpec("label", 0.0, np.float32),
+        "keypoint": MapSpec("label", DENSE_INVALID, np.float32),
+        "edge": MapSpec("label", DENSE_INVALID, np.float32),
+    }
 
 cv2.setNumThreads(1)   # DataLoader workers parallelise across samples; OpenCV threads would oversubscribe
 

@@ -20,8 +20,7 @@ import os
 import cv2
 import numpy as np
 
-from .transforms import MapSpec
-from .base import DENSE_INVALID, DenseDataset, clean_depth, decode_normal_png, decode_unit_png, read_image, read_npy
+from .base import DenseDataset, dense_specs, clean_depth, decode_normal_png, decode_unit_png, read_image, read_npy
 from .errors import DataError
 
 IGNORE = 255
@@ -39,14 +38,7 @@ class NYUv2(DenseDataset):
     ignore_index = IGNORE
     columns = ("img", "seg", "normal", "depth", "keypoint", "edge")
     min_columns = 4
-    specs = {
-        "img": MapSpec("image", 0.0, np.float32),
-        "seg": MapSpec("label", IGNORE, np.int64),
-        "normal": MapSpec("label", 0.0, np.float32, normal=True),
-        "depth": MapSpec("label", 0.0, np.float32),
-        "keypoint": MapSpec("label", DENSE_INVALID, np.float32),
-        "edge": MapSpec("label", DENSE_INVALID, np.float32),
-    }
+    specs = dense_specs(IGNORE)
 
     def __init__(self, root: str | os.PathLike, split: str, crop_h: int | None = None, crop_w: int | None = None,
                  *, mirror_normals: bool = True, num_classes: int = 40, seed: int | None = None,

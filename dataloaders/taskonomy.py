@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 import torch
 
-from .transforms import MapSpec, resize_nearest
-from .base import DENSE_INVALID, DenseDataset, read_image, read_npy
+from .transforms import resize_nearest
+from .base import DenseDataset, dense_specs, read_image, read_npy
 from .errors import DataError
 
 IGNORE = 255
@@ -61,14 +61,7 @@ class Taskonomy(DenseDataset):
     ignore_index = IGNORE
     columns = ("img", "seg", "normal", "depth", "keypoint", "edge")
     min_columns = 6
-    specs = {
-        "img": MapSpec("image", 0.0, np.float32),
-        "seg": MapSpec("label", IGNORE, np.int64),
-        "normal": MapSpec("label", 0.0, np.float32, normal=True),
-        "depth": MapSpec("label", 0.0, np.float32),
-        "keypoint": MapSpec("label", DENSE_INVALID, np.float32),
-        "edge": MapSpec("label", DENSE_INVALID, np.float32),
-    }
+    specs = dense_specs(IGNORE)
     tasks = ("seg", "sn", "depth", "keypoint", "edge")
 
     def __init__(self, root: str | os.PathLike, split: str, crop_h: int | None = None, crop_w: int | None = None,

@@ -74,3 +74,24 @@ def run_main(main: Callable[[], object]) -> None:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+SALIENCY_MODES = ("batch_stats", "train", "eval")
+
+
+def add_saliency_arguments(parser: argparse.ArgumentParser, num_batches_default: int | None = None,
+                           saliency_default_help: str = "the config's pruning.saliency") -> None:
+    """The scoring flags shared by create_pruned_net, iou_analysis and static_similarity."""
+    default = ("the config's pruning.num_batches" if num_batches_default is None else num_batches_default)
+    parser.add_argument("--num_batches", "--num-batches", dest="num_batches", type=int,
+                        default=num_batches_default, metavar="N",
+                        help=f"train batches to accumulate saliency over (default: {default})")
+    parser.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=None, metavar="B",
+                        help="batch size of the saliency batches (default: the config's pruning.batch_size)")
+    parser.add_argument("--saliency", default=None, metavar="NAME",
+                        help="saliency method (snip, grad_weight2, magnitude, random; prune_utils.saliency) "
+                             f"(default: {saliency_default_help})")
+    parser.add_argument("--saliency_mode", "--saliency-mode", "--scoring-mode", dest="saliency_mode",
+                        choices=SALIENCY_MODES, default="batch_stats",
+                        help="network mode while scoring: batch_stats = batch-statistic BN, no dropout "
+                             "(deterministic); train = the original's (dropout on, seeded); eval = running BN stats")

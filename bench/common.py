@@ -180,6 +180,16 @@ def start(args: argparse.Namespace) -> torch.device:
         raise SystemExit(f"error: {exc}") from None
 
 
+def thread_settings(args: argparse.Namespace, device: torch.device) -> list[int]:
+    """Thread counts to measure under: one thread and torch's default on the CPU (on a shared machine a
+    second thread can stall on a busy core, so both are worth seeing); just `--threads` when it is given;
+    one setting on CUDA."""
+    default = torch.get_num_threads()
+    if device.type != "cpu" or args.threads > 0:
+        return [default]
+    return sorted({1, default})
+
+
 def child_args(args: argparse.Namespace, variant: str) -> list[str]:
     """Arguments that rerun the calling script for one variant in a fresh process (for peak RSS)."""
     out = [os.path.abspath(sys.argv[0]), "--child", variant, "--device", args.device, "--threads", str(args.threads),

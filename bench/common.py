@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import torch
+# Idle OpenMP threads sleep instead of spin-waiting (set before torch loads OpenMP; an explicit
+# OMP_WAIT_POLICY in the environment wins). On a machine shared with other jobs, spinning threads steal the
+# cores their own sibling threads wait for: a 2-thread step measured 5-10x slower than a 1-thread one here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402  (after the OpenMP setting)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -344,5 +349,10 @@ def machine_line(device: torch.device) -> str:
         where = torch.cuda.get_device_name(device)
     else:
         where = f"CPU, {os.cpu_count()} cores visible"
-    return (f"torch {torch.__version__}, {where}, {torch.get_num_threads()} threads; "
-            f"load average {os.getloadavg()[0]:.1f} at start")
+    load = os.getloadavg()[0]
+    line = (f"torch {torch.__version__}, {where}, {torch.get_num_threads()} threads, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; load average {load:.1f} at start")
+    if device.type == "cpu" and load > 0.5 * (os.cpu_count() or 1):
+        line += ("\nnote: other jobs are using this machine's cores; timings with more than one thread wait for "
+                 "busy cores and are unreliable (ratios at --threads 1 hold up)")
+    return line

@@ -2,15 +2,14 @@
 
 Sizes need no training and no forward pass: the net at its initial weights, a 90 % mask from the static
 pipeline's own machinery (random per-task scores, `masks_for_sparsity` with the unanimous arbiter: dense-ish
-backbone, sparse heads), pruned weights zeroed by `apply_masks` as `create_pruned_net.py` does (so they are a
-mix of +0.0 and -0.0). Files:
+backbone, sparse heads), pruned weights zeroed by `apply_masks` as `create_pruned_net.py` does. Files:
 
 * dense: our checkpoint (`make_checkpoint` + `atomic_save`), fp32, no masks: the 100 % every row is read against;
 * ours, sparse: the same dict with the pruned weights as zeros plus a bool mask set (1 byte per weight);
 * original: `export_original_state_dict`, the original's `weight_orig` + int32 `weight_mask` pairs;
 * compact: `prune_utils.compact.save_compact` (kept values + deflated bit-packed masks), as written by
-  `create_pruned_net.py`, plus two variants: pruned zeros all +0.0 (what masked training leaves, since
-  `StaticSparsity` zeroes with `masked_fill_`) and fp16 values (lossy).
+  `create_pruned_net.py`, plus two variants: pruned zeros of both signs (`w * mask` leaves -0.0 where w < 0;
+  the format keeps those bit for bit, at the price of extra position bits) and fp16 values (lossy).
 
 Each file is written to a temporary folder, measured and deleted before the next (about 270 MB each).
 """
@@ -18,7 +17,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from typing import Callable
 
 import torch
@@ -28,15 +26,13 @@ from common import base_parser, machine_line, print_table, random_scores, start,
 TARGET_COMPACT = 0.15       # developers' guide: compact export at 90 % is at most 15 % of a dense checkpoint
 
 
-def file_size(folder: str, name: str, write: Callable[[str], None]) -> tuple[int, float]:
-    """(bytes, seconds) of the file `write(path)` produces; the file is deleted afterwards."""
+def file_size(folder: str, name: str, write: Callable[[str], None]) -> int:
+    """Bytes of the file `write(path)` produces; the file is deleted at once (each is ~270 MB)."""
     path = os.path.join(folder, name)
-    start_time = time.perf_counter()
     write(path)
-    seconds = time.perf_counter() - start_time
     size = os.path.getsize(path)
     os.unlink(path)
-    return size, seconds
+    return size
 
 
 def main() -> None:
@@ -68,31 +64,31 @@ def main() -> None:
                   lambda p: atomic_save(make_checkpoint(dense_state, work.config, "baseline"), p)))
     apply_masks(model, masks)
     pruned = model.state_dict()
-    positive = {k: (v.masked_fill(~masks[k], 0.0) if k in masks else v) for k, v in pruned.items()}
+    signed = {k: (dense_state[k] * masks[k] if k in masks else v) for k, v in pruned.items()}   # -0.0 where w < 0
     files += [
         ("ours, sparse", "pruned weights as zeros + bool masks",
          lambda p: atomic_save(make_checkpoint(pruned, work.config, "disparse_static", masks, achieved), p)),
         ("original format", "weight_orig + int32 weight_mask",
          lambda p: atomic_save(export_original_state_dict(pruned, tasks, masks), p)),
-        ("compact", "as create_pruned_net.py writes it (+0.0/-0.0 zeros)",
+        ("compact", "as create_pruned_net.py writes it",
          lambda p: save_compact(p, pruned, masks, meta)),
-        ("compact, +0.0 zeros", "pruned zeros all +0.0 (after masked training)",
-         lambda p: save_compact(p, positive, masks, meta)),
+        ("compact, signed zeros", "pruned weights as w * mask (+0.0 and -0.0)",
+         lambda p: save_compact(p, signed, masks, meta)),
         ("compact, fp16 values", "lossy: kept values stored as float16",
          lambda p: save_compact(p, pruned, masks, meta, values_dtype=torch.float16)),
     ]
     rows, dense_size = [], None
     with tempfile.TemporaryDirectory(prefix="disparse-bench-", dir=args.tmpdir) as folder:
         for i, (label, what, write) in enumerate(files):
-            size, seconds = file_size(folder, f"{i}.pth", write)
+            size = file_size(folder, f"{i}.pth", write)
             dense_size = dense_size or size
             share = size / dense_size
             target = "-"
             if label.startswith("compact") and "fp16" not in label:
                 target = f"<= {100 * TARGET_COMPACT:.0f} %: {'met' if share <= TARGET_COMPACT else 'MISSED'}"
-            rows.append([label, what, f"{size / 2 ** 20:.1f}", f"{100 * share:.1f} %", target, f"{seconds:.1f}"])
+            rows.append([label, what, f"{size / 2 ** 20:.1f}", f"{100 * share:.1f} %", target])
     print_table(f"Checkpoint sizes at {100 * achieved:.2f} % sparsity (relative to the dense checkpoint)",
-                ["file", "holds", "MiB", "of dense", "target", "write s (one run)"], rows)
+                ["file", "holds", "MiB", "of dense", "target"], rows)
 
 
 if __name__ == "__main__":

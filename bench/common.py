@@ -78,6 +78,18 @@ def interleaved_times(fns: dict[str, Callable[[], object]], device: torch.device
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def paired_ratio(samples: Mapping[str, Sequence[float]], a: str, b: str) -> float:
+    """Median over rounds of a's time / b's time in the same round: variants timed back to back share the
+    machine's state of the moment, so their per-round ratio is steadier than a ratio of two medians."""
+    return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
+
+
+def spread(values: Sequence[float]) -> float:
+    """Interquartile range / median: how noisy a variant's timings were (0.05 = 5 %)."""
+    q = statistics.quantiles(values, n=4)
+    return (q[2] - q[0]) / statistics.median(values)
+
+
 def peak_rss_of(args: Sequence[str]) -> tuple[float, dict]:
     """Run `python <args>` in a fresh process; return (its peak RSS in MiB, the JSON it printed last)."""
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,

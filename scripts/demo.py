@@ -10,16 +10,23 @@
 6. print one comparison table.
 
 Every step is a real command-line call (printed as it runs), so the demo doubles as a usage example.
-Outputs go under one run folder (default runs/demo).
+Outputs go under one run folder (default runs/demo); each step's output is in {dest}/logs/demo_*.log.
+
+Speed on small CPUs: every step runs with one intra-op thread, and the independent chains (prune ->
+train -> evaluate per method) run `--jobs` at a time. Two single-threaded processes use two cores
+fully, whereas one two-threaded process stalls badly whenever anything else wants a core (OpenMP
+threads spin-wait on each other), which made the demo several times slower on busy machines.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +48,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override passed to every step (e.g. model.width_mult=0.0625)")
     parser.add_argument("--data-root", default=None, help="synthetic data folder (default: the config's)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="independent chains run at the same time (one thread each)")
     return parser.parse_args()
 
 
@@ -56,16 +65,32 @@ class Pipeline:
             self.common += ["--set", item]
         self.iters = ["--max-iters", str(args.iters)] if args.iters else []
         self.ratio = args.ratio
+        self.jobs = max(1, getattr(args, "jobs", 1))
         self.timings: list[tuple[str, float]] = []
+        self.env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+                    "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", "1")}
 
     def run(self, label: str, script: str, *flags: str) -> None:
+        """One step; its output goes to {dest}/logs/demo_<label>.log (tail shown if it fails)."""
         cmd = [sys.executable, script, *self.common, *flags]
-        print(f"\n=== {label}\n$ {shlex.join(['python', *cmd[1:]])}", flush=True)
+        log = self.dest / "logs" / f"demo_{label.replace(' ', '_')}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"$ {shlex.join(['python', *cmd[1:]])}", flush=True)
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT)
-        self.timings.append((label, time.perf_counter() - start))
+        with open(log, "w", encoding="utf-8") as handle:
+            proc = subprocess.run(cmd, cwd=ROOT, env=self.env, stdout=handle, stderr=subprocess.STDOUT)
+        seconds = time.perf_counter() - start
+        self.timings.append((label, seconds))
         if proc.returncode != 0:
-            raise SystemExit(f"demo step failed ({label}), exit code {proc.returncode}")
+            tail = "".join(log.read_text(encoding="utf-8").splitlines(keepends=True)[-15:])
+            raise SystemExit(f"{tail}\ndemo step failed ({label}), exit code {proc.returncode}; log: {log}")
+        print(f"  done: {label} ({seconds:.1f} s)", flush=True)
+
+    def parallel(self, chains: list) -> None:
+        """Run independent chains (callables) `jobs` at a time; the first failure stops the demo."""
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            for future in [pool.submit(chain) for chain in chains]:
+                future.result()
 
     def train(self, method: str, *flags: str) -> None:
         self.run(f"train {method}", "launch_training.py", "--method", method, "--dest", str(self.dest),
@@ -102,19 +127,25 @@ def main() -> None:
     baseline_metrics = str(pipe.dest / "metrics_synthetic_baseline.json")
     ratio = ["--ratio", pipe.ratio]
 
-    pipe.train("baseline")
-    pipe.evaluate("baseline")
-    for method in PRUNED_METHODS:
+    def pruned_chain(method: str) -> None:
         pipe.run(f"prune {method}", "create_pruned_net.py", "--method", method, *ratio, "--dest", str(pipe.dest))
         pipe.train(method, *ratio)
         pipe.evaluate(method, *ratio, "--baseline-metrics", baseline_metrics)
-    for method in DYNAMIC_METHODS:
+
+    def dynamic_chain(method: str) -> None:
         pipe.train(method, *ratio)
         pipe.evaluate(method, *ratio, "--baseline-metrics", baseline_metrics)
-    pipe.run("mask IoU across tasks", "iou_analysis.py", "--dest", str(pipe.dest))
-    pipe.run("Meta-Sparse task similarity", "static_similarity.py", "--sparsities", "50,90", "--num_seeds", "2",
-             "--sim_method", "masked_sals", "--dump_dir", str(pipe.dest / "subnetworks"),
-             "--table_json", str(pipe.dest / "table.json"), "--format", "markdown")
+
+    def analysis_chain() -> None:
+        pipe.run("mask IoU across tasks", "iou_analysis.py", "--dest", str(pipe.dest))
+        pipe.run("Meta-Sparse task similarity", "static_similarity.py", "--sparsities", "50,90", "--num_seeds",
+                 "2", "--sim_method", "masked_sals", "--dump_dir", str(pipe.dest / "subnetworks"),
+                 "--table_json", str(pipe.dest / "table.json"), "--format", "markdown")
+
+    pipe.train("baseline")   # also generates the synthetic set on first use
+    pipe.parallel([lambda: pipe.evaluate("baseline"), analysis_chain])
+    pipe.parallel([lambda m=m: dynamic_chain(m) for m in DYNAMIC_METHODS]
+                  + [lambda m=m: pruned_chain(m) for m in PRUNED_METHODS])
 
     rows = [("baseline", "synthetic_baseline")]
     rows += [(m, f"synthetic_{m}_{pipe.ratio}") for m in PRUNED_METHODS + DYNAMIC_METHODS]
@@ -123,6 +154,10 @@ def main() -> None:
     print("\n=== step times")
     for label, seconds in pipe.timings:
         print(f"{label:<32} {seconds:6.1f} s")
+    for label in ("mask IoU across tasks", "Meta-Sparse task similarity"):
+        log = pipe.dest / "logs" / f"demo_{label.replace(' ', '_')}.log"
+        print(f"\n=== {label} (end of {log})")
+        print("".join(log.read_text(encoding="utf-8").splitlines(keepends=True)[-8:]), end="")
     print(f"\n=== comparison at {pipe.ratio}% sparsity (synthetic test split; written to {pipe.dest / 'comparison.md'})")
     print(table)
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; outputs under {pipe.dest}/")

@@ -315,3 +315,23 @@ def test_split_batch():
 def test_owner_partition_of_tiny_net_is_structural():
     names = list(prunable_parameters(tiny_net()))
     assert {owner_of(n) for n in names} == {"backbone", "seg", "sn"}
+
+
+def test_after_step_reapplies_masks_only_every_reapply_every_steps():
+    model = tiny_net()
+    masks = half_masks(model)
+    ctl = StaticSparsity(masks, reapply_every=3)
+    ctl.attach(model)
+    name, weight = next(iter(prunable_parameters(model).items()))
+    pruned = ~masks[name]
+    with torch.no_grad():
+        weight[pruned] = 7.0          # something outside the optimizer writes into pruned positions
+    before = weight.detach().clone()
+    ctl.after_step(model)
+    ctl.after_step(model)
+    assert torch.equal(weight, before)               # steps 1, 2: weights untouched (no per-step cost)
+    ctl.after_step(model)
+    assert (weight[pruned] == 0).all()                # step 3: the safety net zeroes them
+    assert torch.equal(weight[~pruned], before[~pruned])
+    with pytest.raises(ValueError, match="reapply_every must be a positive"):
+        StaticSparsity(masks, reapply_every=0)

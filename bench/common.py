@@ -364,7 +364,7 @@ def machine_line(device: torch.device) -> str:
     load = os.getloadavg()[0]
     line = (f"torch {torch.__version__}, {where}, {torch.get_num_threads()} threads, "
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; load average {load:.1f} at start")
-    if device.type == "cpu" and load > 0.5 * (os.cpu_count() or 1):
+    if device.type == "cpu" and load > (os.cpu_count() or 1) - 0.5:     # our own previous run lingers at ~1
         line += ("\nnote: other jobs are using this machine's cores; timings with more than one thread wait for "
                  "busy cores and are unreliable (ratios at --threads 1 hold up)")
     return line

@@ -19,9 +19,9 @@ import os
 import tempfile
 from typing import Callable
 
+# common first: it sets OMP_WAIT_POLICY before torch loads OpenMP, and puts the repository on sys.path
+from common import base_parser, machine_line, print_table, random_scores, start, workload  # isort: skip
 import torch
-
-from common import base_parser, machine_line, print_table, random_scores, start, workload
 
 TARGET_COMPACT = 0.15       # developers' guide: compact export at 90 % is at most 15 % of a dense checkpoint
 

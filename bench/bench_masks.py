@@ -14,12 +14,13 @@ runs on the GPU, as the original does.
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 
-import torch
-
-from common import (SCORE_KINDS, base_parser, interleaved_samples, machine_line, print_table, random_scores, ratio,
+# common first: it sets OMP_WAIT_POLICY before torch loads OpenMP, and puts the repository on sys.path
+from common import (SCORE_KINDS, base_parser, interleaved_samples, machine_line, print_table, random_scores, ratio,  # isort: skip
                     start, thread_settings, workload)
+import torch
 
 TARGET_SECONDS = 1.5        # developers' guide, full NYUv2 net on 2 cores, search included
 PAPER_KEEP_RATIO = 0.080    # the original's hand-tuned NYUv2 keep ratio for 90 % (REFERENCE.md 5.3)
@@ -45,15 +46,11 @@ def naive_masks(scores: dict, keep_ratio: float) -> dict[str, torch.Tensor]:
     return masks
 
 
-def sparsity_of(masks: dict[str, torch.Tensor]) -> float:
-    kept = sum(int(m.sum()) for m in masks.values())
-    return 1.0 - kept / sum(m.numel() for m in masks.values())
-
-
-def bench(kind: str, args, device: torch.device, settings: list[int]) -> list[list]:
+def bench(kind: str, args: argparse.Namespace, device: torch.device, settings: list[int]) -> list[list]:
     """Time every arbiter's search and the naive reference, interleaved, on one set of scores, under each
     thread count in `settings`."""
     from prune_utils.mask_builder import ARBITERS, masks_for_sparsity
+    from prune_utils.masks import sparsity
     work = workload("nyuv2", args)
     with torch.device("meta"):                      # shapes only: no 270 MB of weights to initialise
         model = work.model("meta")
@@ -72,7 +69,7 @@ def bench(kind: str, args, device: torch.device, settings: list[int]) -> list[li
     def naive() -> None:
         masks = naive_masks(naive_scores, args.keep_ratio)
         if "naive" not in results:                  # counted once, in the untimed warm-up call
-            results["naive"] = (sparsity_of(masks), args.keep_ratio, 1)
+            results["naive"] = (sparsity(masks), args.keep_ratio, 1)
 
     fns = {"naive": naive, **{a: search(a) for a in ARBITERS}}
     rows = []

@@ -16,21 +16,24 @@ one call in this process.
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
+# common first: it sets OMP_WAIT_POLICY before torch loads OpenMP, and puts the repository on sys.path
+from common import (DATASETS, Workload, base_parser, child_args, cuda_peak_mib, current_rss_mib, fake_batch,  # isort: skip
+                    interleaved_samples, machine_line, peak_rss_of, print_table, ratio, report_child, reset_peak_rss,
+                    start, workload)
 import torch
 
-from common import (DATASETS, Workload, base_parser, child_args, cuda_peak_mib, fake_batch, interleaved_samples,
-                    current_rss_mib, machine_line, peak_rss_of, print_table, ratio, report_child, reset_peak_rss, start,
-                    workload)
+from engine.losses import MultiTaskLoss
 
 TARGET_SPEEDUP = {2: 1.25, 5: 1.8}          # developers' guide, per batch
 VARIANTS = {"shared": True, "per_task": False}
 
 
-def score(work: Workload, model: torch.nn.Module, batch: dict, loss, shared: bool, num_batches: int,
-          device: torch.device) -> dict:
+def score(work: Workload, model: torch.nn.Module, batch: dict, loss: MultiTaskLoss, shared: bool,
+          num_batches: int, device: torch.device) -> dict:
     """One `compute_scores` call over `num_batches` copies of `batch` (SNIP, fixed seed, no progress bar)."""
     from prune_utils.saliency import compute_scores
     return compute_scores(model, [batch], loss, list(work.tasks), method="snip", num_batches=num_batches,
@@ -47,7 +50,7 @@ def max_rel_diff(a: dict, b: dict) -> float:
     return worst
 
 
-def run_child(args, device: torch.device) -> None:
+def run_child(args: argparse.Namespace, device: torch.device) -> None:
     """`--child DATASET:VARIANT`: build everything, note the RSS, score one batch, report (own process)."""
     dataset, variant = args.child.split(":")
     work = workload(dataset, args, "pruning")
@@ -60,7 +63,8 @@ def run_child(args, device: torch.device) -> None:
     report_child(base_rss_mib=before, seconds=time.perf_counter() - start_time)
 
 
-def bench(label: str, dataset: str, args, device: torch.device) -> tuple[list, list]:
+def bench(label: str, dataset: str, args: argparse.Namespace, device: torch.device) -> tuple[list, list]:
+    """(time row, memory row) of one task set."""
     work = workload(dataset, args, "pruning")
     print(f"{label}: {work.describe()}", flush=True)
     model, loss = work.model(device), work.loss()

@@ -17,20 +17,25 @@ dense time of the same round, once with one thread and once with the default thr
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import statistics
 from typing import Callable
 
+# common first: it sets OMP_WAIT_POLICY before torch loads OpenMP, and puts the repository on sys.path
+from common import (base_parser, fake_batch, interleaved_samples, machine_line, paired_ratio, print_table, spread,  # isort: skip
+                    start, thread_settings, workload)
 import torch
 
-from common import (base_parser, fake_batch, interleaved_samples, machine_line, paired_ratio, print_table, spread, start,
-                    thread_settings, workload)
+from engine.losses import MultiTaskLoss
+from prune_utils.sparse_training import StaticSparsity
 
 TARGET_OVERHEAD = 0.05          # developers' guide: masked training costs at most 5 % over dense
 
 
-def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss, batch: dict,
-              controller=None, iteration: int = 0, device: torch.device | None = None) -> Callable[[], None]:
+def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: MultiTaskLoss, batch: dict,
+              controller: StaticSparsity | None = None, iteration: int = 0,
+              device: torch.device | None = None) -> Callable[[], None]:
     """One training step of `model` on `batch`, as the trainer takes it."""
     def step() -> None:
         model.train()
@@ -45,11 +50,11 @@ def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss, ba
     return step
 
 
-def build_variants(args, device: torch.device) -> tuple[dict[str, Callable[[], None]], int, str]:
+def build_variants(args: argparse.Namespace, device: torch.device) -> tuple[dict[str, Callable[[], None]], int, str]:
     """dense, static, dynamic plain step, dynamic update step: each on its own copy of one initial net."""
     from engine.trainer import build_optimizer
     from prune_utils.erk import erk_random_masks
-    from prune_utils.sparse_training import DynamicSparsity, StaticSparsity
+    from prune_utils.sparse_training import DynamicSparsity
     work = workload("nyuv2", args)
     cfg, density, dyn = work.config, 1.0 - args.sparsity, work.config["dynamic"]
     loss = work.loss()

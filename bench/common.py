@@ -21,6 +21,10 @@ from typing import Callable, Mapping, Sequence
 # Idle OpenMP threads sleep instead of spin-waiting (set before torch loads OpenMP; an explicit
 # OMP_WAIT_POLICY in the environment wins). On a machine shared with other jobs, spinning threads steal the
 # cores their own sibling threads wait for: a 2-thread step measured 5-10x slower than a 1-thread one here.
+if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+    import warnings
+    warnings.warn("bench/common.py was imported after torch: OMP_WAIT_POLICY=PASSIVE cannot take effect any more "
+                  "(import common before torch)", RuntimeWarning, stacklevel=2)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402  (after the OpenMP setting)

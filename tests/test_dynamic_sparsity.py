@@ -15,28 +15,14 @@ from torch import nn
 
 from engine.losses import MultiTaskLoss, TaskLoss
 from engine.runtime import rng_state, set_rng_state
-from models import MultiTaskNet, owner_of
+from models import owner_of
 from prune_utils.erk import random_masks, shapes_of
 from prune_utils.masks import prunable_parameters
 from prune_utils.sparse_training import DynamicSparsity
 
-TASKS = {"seg": 5, "sn": 3}
+from tests.helpers import make_batch, tiny_net
 LOSS = MultiTaskLoss(["seg", "sn"], [1.0, 20.0])
 TASK_LOSS = TaskLoss()
-
-
-def tiny_net(seed: int = 0) -> MultiTaskNet:
-    torch.manual_seed(seed)
-    return MultiTaskNet(TASKS, width_mult=0.0625)
-
-
-def make_batch(seed: int, b: int = 2, size: int = 32) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    normal = torch.randn(b, 3, size, size, generator=g)
-    return {"img": torch.randn(b, 3, size, size, generator=g),
-            "seg": torch.randint(0, 5, (b, 1, size, size), generator=g),
-            "normal": normal / normal.norm(dim=1, keepdim=True),
-            "name": [f"img{seed}_{i}" for i in range(b)]}
 
 
 def controller(model, mode="disparse", density=0.3, seed=0, **kw) -> DynamicSparsity:

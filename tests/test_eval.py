@@ -18,14 +18,6 @@ NYU_KEYS = {"seg": {"mIoU", "Pixel Acc", "err"},
             "sn": {"Angle Mean", "Angle Median", "Angle 11.25", "Angle 22.5", "Angle 30", "Angle 45"}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _nyu_config(root: Path) -> dict:
     from engine.config import load_config
     return load_config("nyuv2", overrides=["model.width_mult=0.0625", "data.num_workers=0"], data_root=str(root))

@@ -18,21 +18,7 @@ from prune_utils.erk import (erk_densities, erk_epsilon, keep_count, random_mask
 from prune_utils.masks import prunable_parameters, sparsity
 from prune_utils.sparse_training import (StaticSparsity, arbiter_quorum, select_growth, split_batch)
 
-TASKS = {"seg": 5, "sn": 3}
-
-
-def tiny_net(seed: int = 0) -> MultiTaskNet:
-    torch.manual_seed(seed)
-    return MultiTaskNet(TASKS, width_mult=0.0625)
-
-
-def make_batch(seed: int, b: int = 2, size: int = 32) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    normal = torch.randn(b, 3, size, size, generator=g)
-    return {"img": torch.randn(b, 3, size, size, generator=g),
-            "seg": torch.randint(0, 5, (b, 1, size, size), generator=g),
-            "normal": normal / normal.norm(dim=1, keepdim=True),
-            "name": [f"img{seed}_{i}" for i in range(b)]}
+from tests.helpers import make_batch, tiny_net
 
 
 LOSS = MultiTaskLoss(["seg", "sn"], [1.0, 20.0])

@@ -16,14 +16,6 @@ from engine.checkpoint import load_checkpoint, make_checkpoint, atomic_save
 from engine.logging_utils import read_jsonl
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_args(root: Path, dest: Path, *extra: str) -> list[str]:
     from dataloaders.synthetic import read_meta
     meta = read_meta(root)

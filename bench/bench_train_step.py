@@ -1,9 +1,10 @@
 """Training step: dense vs masked (StaticSparsity at 90 %) vs dynamic (DynamicSparsity, update and plain steps).
 
 Masked training here computes densely and keeps the pruned weights at zero: a gradient hook multiplies each
-weight's gradient by its float mask and `after_step` multiplies the weights once more (one fused
-`_foreach_mul_`). Its cost over dense is those per-weight passes, so it grows with parameters, not with
-pixels: a small crop and batch (the CPU default) make it look larger than at the paper's size.
+weight's gradient by its float mask (and `after_step` re-zeroes the weights every `reapply_every` steps).
+Its cost over dense is per weight (that pass, and on CPUs Adam's sqrt over a mostly-zero `exp_avg_sq`, see
+docs/BENCHMARKS.md), so it grows with parameters, not with pixels: a small crop and batch (the CPU default)
+make it look larger than at the paper's size.
 `DynamicSparsity` adds nothing between updates; at an update step (every `dynamic.interval` iterations) it
 drops by magnitude and regrows by the gradient of a growth forward/backward split into
 `dynamic.growth_splits` slices of the batch, so that step costs about one more training step.

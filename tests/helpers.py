@@ -21,3 +21,19 @@ def make_batch(seed: int, b: int = 2, size: int = 32) -> dict:
             "seg": torch.randint(0, 5, (b, 1, size, size), generator=g),
             "normal": normal / normal.norm(dim=1, keepdim=True),
             "name": [f"img{seed}_{i}" for i in range(b)]}
+
+
+def tiny_run_args(root, dest, *extra: str, batch_size: int = 4, test_batch_size: int = 4) -> list[str]:
+    """CLI flags for a tiny CPU run of launch_training/eval on the generated synthetic set at `root`."""
+    from dataloaders.synthetic import read_meta
+
+    meta = read_meta(root)
+    h, w = meta["size"]
+    return ["--dataset", "synthetic", "--data-root", str(root), "--device", "cpu", "--dest", str(dest),
+            "--progress", "off",
+            "--set", "model.width_mult=0.0625", "--set", "data.crop_h=32", "--set", "data.crop_w=32",
+            "--set", f"data.batch_size={batch_size}", "--set", f"data.test_batch_size={test_batch_size}",
+            "--set", "data.num_workers=0",
+            "--set", f"data.image_shape=[{h},{w}]", "--set", f"synthetic.n_train={meta['n_train']}",
+            "--set", f"synthetic.n_test={meta['n_test']}", "--set", f"synthetic.size=[{h},{w}]",
+            "--set", "train.log_every=1", *extra]

@@ -13,21 +13,13 @@ import torch
 
 from engine.checkpoint import load_checkpoint
 from engine.logging_utils import read_jsonl
+from tests.helpers import tiny_run_args
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tiny_args(root: Path, dest: Path, *extra: str) -> list[str]:
-    from dataloaders.synthetic import read_meta
-    meta = read_meta(root)
-    h, w = meta["size"]
-    return ["--dataset", "synthetic", "--data-root", str(root), "--device", "cpu", "--dest", str(dest),
-            "--progress", "off",
-            "--set", "model.width_mult=0.0625", "--set", "data.crop_h=32", "--set", "data.crop_w=32",
-            "--set", "data.batch_size=2", "--set", "data.test_batch_size=1", "--set", "data.num_workers=0",
-            "--set", f"data.image_shape=[{h},{w}]", "--set", f"synthetic.n_train={meta['n_train']}",
-            "--set", f"synthetic.n_test={meta['n_test']}", "--set", f"synthetic.size=[{h},{w}]",
-            "--set", "train.log_every=1", *extra]
+    return tiny_run_args(root, dest, *extra, batch_size=2, test_batch_size=1)
 
 
 def _torchrun() -> list[str]:

@@ -14,19 +14,11 @@ import torch
 import launch_training
 from engine.checkpoint import load_checkpoint, make_checkpoint, atomic_save
 from engine.logging_utils import read_jsonl
+from tests.helpers import tiny_run_args
 
 
 def tiny_args(root: Path, dest: Path, *extra: str) -> list[str]:
-    from dataloaders.synthetic import read_meta
-    meta = read_meta(root)
-    h, w = meta["size"]
-    return ["--dataset", "synthetic", "--data-root", str(root), "--device", "cpu", "--dest", str(dest),
-            "--progress", "off",
-            "--set", "model.width_mult=0.0625", "--set", "data.crop_h=32", "--set", "data.crop_w=32",
-            "--set", "data.batch_size=4", "--set", "data.test_batch_size=4", "--set", "data.num_workers=0",
-            "--set", f"data.image_shape=[{h},{w}]", "--set", f"synthetic.n_train={meta['n_train']}",
-            "--set", f"synthetic.n_test={meta['n_test']}", "--set", f"synthetic.size=[{h},{w}]",
-            "--set", "train.log_every=1", *extra]
+    return tiny_run_args(root, dest, *extra)
 
 
 def tiny_config(root: Path, dest: Path, *extra: str) -> dict:

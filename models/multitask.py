@@ -11,6 +11,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from .architecture import check_architecture
 from .aspp_head import ASPPHead
 from .resnet_backbone import DeepLabResNet34
 
@@ -23,7 +24,8 @@ class MultiTaskNet(nn.Module):
     `forward(img)` returns a dict task -> prediction at 1/8 of the input resolution.
     """
 
-    def __init__(self, tasks: Mapping[str, int], width_mult: float = 1.0, dropout: float = 0.5) -> None:
+    def __init__(self, tasks: Mapping[str, int], width_mult: float = 1.0, dropout: float = 0.5,
+                 architecture: Mapping | None = None) -> None:
         super().__init__()
         if not tasks:
             raise ValueError("MultiTaskNet needs at least one task")
@@ -31,11 +33,23 @@ class MultiTaskNet(nn.Module):
             if not isinstance(channels, int) or channels < 1:
                 raise ValueError(f"task {name!r}: output channels must be a positive int, got {channels!r}")
         self.tasks: "OrderedDict[str, int]" = OrderedDict(tasks)
-        self.width_mult = width_mult
-        self.backbone = DeepLabResNet34(width_mult)
-        hidden = max(1, int(round(1024 * width_mult)))
+        if architecture is None:
+            self.width_mult: float | None = width_mult
+            self.backbone = DeepLabResNet34(width_mult)
+            hidden = max(1, int(round(1024 * width_mult)))
+            self.heads = nn.ModuleDict({
+                name: ASPPHead(self.backbone.out_channels, channels, hidden, dropout)
+                for name, channels in self.tasks.items()})
+            return
+        # explicit per-layer widths (a channel-pruned net, docs/CHANNELS.md); width_mult does not apply
+        check_architecture(architecture, list(self.tasks))
+        self.width_mult = None
+        backbone = architecture["backbone"]
+        self.backbone = DeepLabResNet34(stem=backbone["stem"], stage_widths=backbone["stage_widths"],
+                                        block_widths=backbone["block_widths"])
         self.heads = nn.ModuleDict({
-            name: ASPPHead(self.backbone.out_channels, channels, hidden, dropout)
+            name: ASPPHead(self.backbone.out_channels, channels, dropout=dropout,
+                           branch_widths=architecture["heads"][name])
             for name, channels in self.tasks.items()})
 
     @property

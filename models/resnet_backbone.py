@@ -7,6 +7,8 @@ original checkpoints map one-to-one.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -17,14 +19,18 @@ STAGE_DILATIONS = (1, 1, 2, 4)
 
 
 class BasicBlock(nn.Module):
-    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN; the residual is added by the backbone."""
+    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN; the residual is added by the backbone.
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1) -> None:
+    `mid_ch` (default `out_ch`) is the width between the two convs: channel pruning narrows it on its own.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1, mid_ch: int | None = None) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_ch)
+        mid_ch = out_ch if mid_ch is None else mid_ch
+        self.conv1 = nn.Conv2d(in_ch, mid_ch, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid_ch)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, stride=1, padding=dilation, dilation=dilation, bias=False)
+        self.conv2 = nn.Conv2d(mid_ch, out_ch, 3, stride=1, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,12 +43,21 @@ def _needs_shortcut(in_ch: int, out_ch: int, stride: int, dilation: int) -> bool
 
 
 class DeepLabResNet34(nn.Module):
-    """Shared encoder. `width_mult` scales every stage width (1.0 = the paper's network)."""
+    """Shared encoder. `width_mult` scales every stage width (1.0 = the paper's network).
 
-    def __init__(self, width_mult: float = 1.0) -> None:
+    Explicit widths (a channel-pruned net, `models.architecture`) replace `width_mult`: `stem` (output of
+    the first conv), `stage_widths` (the residual width of each stage) and `block_widths` (per stage, the
+    inner width of each block); the shortcut rule is the same, so the module names do not change.
+    """
+
+    def __init__(self, width_mult: float = 1.0, *, stem: int | None = None, stage_widths: Sequence[int] | None = None,
+                 block_widths: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
         widths = [max(1, int(round(w * width_mult))) for w in STAGE_WIDTHS]
-        stem = widths[0]
+        widths = list(stage_widths) if stage_widths is not None else widths
+        stem = widths[0] if stem is None else stem
+        inner = [list(b) for b in block_widths] if block_widths is not None else [[w] * n for w, n in
+                                                                                  zip(widths, STAGE_BLOCKS)]
         self.out_channels = widths[-1]
         self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
@@ -51,9 +66,9 @@ class DeepLabResNet34(nn.Module):
 
         blocks, shortcuts = [], []
         in_ch = stem
-        for n_blocks, out_ch, stride, dilation in zip(STAGE_BLOCKS, widths, STAGE_STRIDES, STAGE_DILATIONS):
-            stage = [BasicBlock(in_ch, out_ch, stride, dilation)]
-            stage += [BasicBlock(out_ch, out_ch, 1, dilation) for _ in range(n_blocks - 1)]
+        for mids, out_ch, stride, dilation in zip(inner, widths, STAGE_STRIDES, STAGE_DILATIONS):
+            stage = [BasicBlock(in_ch, out_ch, stride, dilation, mids[0])]
+            stage += [BasicBlock(out_ch, out_ch, 1, dilation, mid) for mid in mids[1:]]
             blocks.append(nn.Sequential(*stage))
             if _needs_shortcut(in_ch, out_ch, stride, dilation):
                 shortcuts.append(nn.Sequential(

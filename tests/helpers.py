@@ -1,7 +1,8 @@
-"""Small builders shared by the sparse-training tests: a tiny 2-task net and a hand-made batch."""
+"""Small builders shared by the tests: a tiny 2-task net, a hand-made batch, an independent MAC counter."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from models import MultiTaskNet
 
@@ -37,3 +38,21 @@ def tiny_run_args(root, dest, *extra: str, batch_size: int = 4, test_batch_size:
             "--set", f"data.image_shape=[{h},{w}]", "--set", f"synthetic.n_train={meta['n_train']}",
             "--set", f"synthetic.n_test={meta['n_test']}", "--set", f"synthetic.size=[{h},{w}]",
             "--set", "train.log_every=1", *extra]
+
+
+def counted_macs(model: nn.Module, size: tuple[int, int]) -> int:
+    """Conv/Linear multiply-accumulates of one forward of a 1-image batch, from the layers' real output sizes:
+    output elements x weights per output element (a meta-device net works too)."""
+    total = 0
+
+    def hook(module, _inputs, output):
+        nonlocal total
+        total += output.numel() * module.weight[0].numel()
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, *size, device=next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total

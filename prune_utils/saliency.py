@@ -219,16 +219,19 @@ class GradientSaliency:
     """Σ_batches |∂L_t/∂w| on a probe copy of the net, then `finalize(sum_abs_grad, probe_weight)` in place.
 
     `probe(model, generator) -> nn.Module` makes the copy that is differentiated (it may re-initialise
-    weights); `finalize` turns the summed |gradient| into the score (e.g. × |w| for SNIP).
+    weights); `finalize` turns the summed |gradient| into the score (e.g. × |w| for SNIP). With
+    `signed=True` the gradients are summed with their signs (Σ_batches ∂L_t/∂w, the full-data gradient), for
+    scores such as first-order Taylor terms that cancel across weights (`prune_utils.channel_importance`).
     """
 
     needs_data = True
 
     def __init__(self, name: str, probe: Callable[[nn.Module, torch.Generator], nn.Module],
-                 finalize: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
+                 finalize: Callable[[torch.Tensor, torch.Tensor], None], signed: bool = False) -> None:
         self.name = name
         self.probe = probe
         self.finalize = finalize
+        self.signed = signed
 
     def __call__(self, model: nn.Module, batches: Iterable, loss_fn: Any, tasks: Sequence[str], *,
                  num_batches: int | None = None, device: Any = None, generator: Any = None,
@@ -284,15 +287,14 @@ class GradientSaliency:
                     self.finalize(view, weights[name].detach())
         return acc.to_cpu()
 
-    @staticmethod
-    def _accumulate(loss: torch.Tensor, weights: Mapping[str, torch.Tensor], views: Mapping[str, torch.Tensor],
-                    retain: bool) -> None:
+    def _accumulate(self, loss: torch.Tensor, weights: Mapping[str, torch.Tensor],
+                    views: Mapping[str, torch.Tensor], retain: bool) -> None:
         names = list(views)
         grads = torch.autograd.grad(loss, [weights[n] for n in names], retain_graph=retain, allow_unused=True)
         with torch.no_grad():
             for name, grad in zip(names, grads):
                 if grad is not None:
-                    views[name].add_(grad.abs_())
+                    views[name].add_(grad if self.signed else grad.abs_())
 
 
 class WeightSaliency:

@@ -1,7 +1,9 @@
-"""Small builders shared by the tests: a tiny 2-task net, a hand-made batch, an independent MAC counter."""
+"""Small builders shared by the tests: a tiny 2-task net, a hand-made batch and a loss for it, an independent
+MAC counter."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models import MultiTaskNet
@@ -22,6 +24,14 @@ def make_batch(seed: int, b: int = 2, size: int = 32) -> dict:
             "seg": torch.randint(0, 5, (b, 1, size, size), generator=g),
             "normal": normal / normal.norm(dim=1, keepdim=True),
             "name": [f"img{seed}_{i}" for i in range(b)]}
+
+
+def tiny_loss(task: str, preds: dict, batch: dict) -> torch.Tensor:
+    """Cross-entropy on `make_batch`'s labels, squared error on its normals (predictions upsampled to the image)."""
+    pred = F.interpolate(preds[task], size=batch["img"].shape[-2:], mode="bilinear", align_corners=False)
+    if task == "seg":
+        return F.cross_entropy(pred, batch["seg"][:, 0])
+    return (pred - batch["normal"]).pow(2).mean()
 
 
 def tiny_run_args(root, dest, *extra: str, batch_size: int = 4, test_batch_size: int = 4) -> list[str]:

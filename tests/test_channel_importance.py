@@ -7,26 +7,16 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prune_utils.channel_groups import channel_groups
 from prune_utils.channel_importance import (CHANNEL_IMPORTANCE, ChannelImportance, get_channel_importance,
                                             register_channel_importance, score_channels)
 from prune_utils.saliency import ALL, compute_scores
-from tests.helpers import make_batch, tiny_net
+from tests.helpers import make_batch, tiny_loss, tiny_net
 
 TASKS = ["seg", "sn"]
 STAGE4 = "backbone.blocks.3.0.conv2"
-
-
-def loss_fn(task: str, preds: dict, batch: dict) -> torch.Tensor:
-    """Cross-entropy on the labels, squared error on the normals (predictions upsampled to the labels)."""
-    size = batch["img"].shape[-2:]
-    pred = F.interpolate(preds[task], size=size, mode="bilinear", align_corners=False)
-    if task == "seg":
-        return F.cross_entropy(pred, batch["seg"][:, 0])
-    return (pred - batch["normal"]).pow(2).mean()
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +52,8 @@ def test_magnitude_is_the_group_l1_norm_over_each_tasks_pool(setup):
 
 def test_snip_sums_the_weight_level_snip_scores_over_the_group(setup):
     net, groups, batches = setup
-    channel = score_channels(net, groups, batches, loss_fn, TASKS, "snip", generator=5)
-    weight = compute_scores(net, batches, loss_fn, TASKS, method="snip", generator=5)
+    channel = score_channels(net, groups, batches, tiny_loss, TASKS, "snip", generator=5)
+    weight = compute_scores(net, batches, tiny_loss, TASKS, method="snip", generator=5)
     for task in TASKS:
         w = weight[task]
         head = f"heads.{task}.branches.2"
@@ -99,7 +89,7 @@ def _taylor_by_scaling(net, groups, batches, group_name: str, channel: int, weig
             shape[member.dim] = -1
             scaled[member.weight] = w.detach() * (factor + gate * (alpha - 1)).view(shape)
         preds = torch.func.functional_call(model, scaled, (batch["img"],))
-        loss = sum(lam * loss_fn(t, preds, batch) for t, lam in weights.items())
+        loss = sum(lam * tiny_loss(t, preds, batch) for t, lam in weights.items())
         total += float(torch.autograd.grad(loss, alpha)[0])
     return abs(total)
 
@@ -108,13 +98,13 @@ def _taylor_by_scaling(net, groups, batches, group_name: str, channel: int, weig
                                                 ("backbone.blocks.2.4.conv1", 11)])
 def test_taylor_is_the_derivative_of_the_loss_along_the_channel(setup, group_name, channel):
     net, groups, batches = setup
-    scores = score_channels(net, groups, batches, loss_fn, TASKS, "taylor", generator=0)
+    scores = score_channels(net, groups, batches, tiny_loss, TASKS, "taylor", generator=0)
     for task in TASKS:
         if group_name not in scores[task]:
             continue
         expected = _taylor_by_scaling(net, groups, batches, group_name, channel, {task: 1.0})
         assert scores[task][group_name][channel].item() == pytest.approx(expected, rel=1e-3, abs=1e-7)
-    summed = score_channels(net, groups, batches, loss_fn, TASKS, "taylor", generator=0,
+    summed = score_channels(net, groups, batches, tiny_loss, TASKS, "taylor", generator=0,
                             task_agnostic_weights={"seg": 1.0, "sn": 2.0})
     expected = _taylor_by_scaling(net, groups, batches, group_name, channel, {"seg": 1.0, "sn": 2.0})
     assert summed[ALL][group_name][channel].item() == pytest.approx(expected, rel=1e-3, abs=1e-7)

@@ -113,15 +113,20 @@ def _dropout_of(model: MultiTaskNet) -> float:
     return 0.5
 
 
-def rebuild(model: nn.Module) -> MultiTaskNet:
-    """A fresh `MultiTaskNet` built from `model`'s architecture spec, holding its weights and buffers (the
-    path a checkpoint takes), on its device, in its train/eval mode."""
-    model = unwrap(model)
+def _build_like(model: MultiTaskNet, tasks: Sequence[str], architecture: Architecture,
+                state: Mapping[str, torch.Tensor]) -> MultiTaskNet:
+    """A fresh `MultiTaskNet` for `tasks` from `architecture` holding `state`, on `model`'s device and dtype, in
+    its train/eval mode (the path a checkpoint takes)."""
     param = next(model.parameters())
-    net = MultiTaskNet(dict(model.tasks), dropout=_dropout_of(model), architecture=architecture_of(model))
-    net = net.to(device=param.device, dtype=param.dtype)
-    net.load_state_dict(model.state_dict())
-    return net.train(model.training)
+    net = MultiTaskNet({t: model.tasks[t] for t in tasks}, dropout=_dropout_of(model), architecture=architecture)
+    net.load_state_dict(state)
+    return net.to(device=param.device, dtype=param.dtype).train(model.training)
+
+
+def rebuild(model: nn.Module) -> MultiTaskNet:
+    """`model` (e.g. after Torch-Pruning changed its layers in place) rebuilt from its architecture spec."""
+    model = unwrap(model)
+    return _build_like(model, list(model.tasks), architecture_of(model), model.state_dict())
 
 
 def _report(groups: ChannelGroups, selection: ChannelSelection, cost: ChannelCost, method: str,
@@ -205,59 +210,61 @@ def _extracted_keep(entry: Mapping[str, Any], tasks: Sequence[str]) -> torch.Ten
     return at_least_one({"g": kept & wanted}, {"g": ranking})["g"]
 
 
+def _without_other_heads(model: MultiTaskNet, tasks: Sequence[str]) -> MultiTaskNet:
+    architecture = architecture_of(model)
+    architecture["heads"] = {t: architecture["heads"][t] for t in tasks}
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("heads.") or k.split(".")[1] in tasks}
+    return _build_like(model, tasks, architecture, state)
+
+
+def _subset_keep(groups: ChannelGroups, report: Mapping[str, Any], tasks: Sequence[str]) -> tuple[dict, list]:
+    """(keep in the pruned net's channel indices, the report's group entries for the subset)."""
+    entries = {e["name"]: e for e in report["groups"]}
+    stale = [g.name for g in groups if g.name not in entries or int(entries[g.name]["kept"].sum()) != g.size]
+    if stale:
+        raise ValueError(f"the report does not describe this net (group widths differ at {stale[:3]})")
+    keep, subset = {}, []
+    for group in groups:
+        entry = entries[group.name]
+        kept_before = entry["kept"].to(torch.bool)
+        kept_after = _extracted_keep(entry, tasks) if group.owner == SHARED else kept_before.clone()
+        keep[group.name] = kept_after[kept_before]
+        subset.append(dict(entry, kept=kept_after))
+        if "proposals" in entry:
+            subset[-1]["proposals"] = {t: m for t, m in entry["proposals"].items() if t in tasks}
+    return keep, subset
+
+
 def extract_tasks(model: nn.Module, tasks: Sequence[str], report: Mapping[str, Any] | None = None,
                   input_size: tuple[int, int] | None = None) -> ChannelPruneResult:
     """A net for `tasks` only: their heads, and of the shared channels only those the tasks chose themselves.
 
-    `report` is the `channels` record of a channel-pruned net (`ChannelPruneResult.report`); without one, or
-    for methods without per-task choices, the backbone stays whole and only the other heads go. The fractions
-    removed are relative to the dense net of the same tasks.
+    `report` is the `channels` record of a channel-pruned net (`ChannelPruneResult.report`); its fractions
+    removed are then relative to the dense net of the same tasks. Without a report only the other heads go
+    and the fractions are 0 (the original widths are unknown); a report of a method without per-task choices
+    keeps the backbone whole. MACs are counted at `input_size` (default: the report's, else 321x321).
     """
     model = unwrap(model)
     tasks = list(tasks)
-    unknown = [t for t in tasks if t not in model.tasks]
-    if not tasks or unknown or len(set(tasks)) != len(tasks):
+    if not tasks or any(t not in model.tasks for t in tasks) or len(set(tasks)) != len(tasks):
         raise ValueError(f"extract needs distinct tasks of the model ({', '.join(model.tasks)}), got {tasks}")
-    arch = architecture_of(model)
-    arch["heads"] = {t: arch["heads"][t] for t in tasks}
-    sub = MultiTaskNet({t: model.tasks[t] for t in tasks}, dropout=_dropout_of(model), architecture=arch)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("heads.") or k.split(".")[1] in tasks}
-    sub.load_state_dict(state)
-    param = next(model.parameters())
-    sub = sub.to(device=param.device, dtype=param.dtype).train(model.training)
+    sub = _without_other_heads(model, tasks)
     groups = channel_groups(sub)
-    entries = {e["name"]: e for e in report["groups"]} if report is not None else {}
-    if report is not None:
-        widths = {g.name: int(entries[g.name]["kept"].sum()) if g.name in entries else -1 for g in groups}
-        stale = [n for n, w in widths.items() if w != groups[n].size]
-        if stale:
-            raise ValueError(f"the report does not describe this net (group widths differ at {stale[:3]})")
-    keep, new_entries = {}, []
-    for group in groups:
-        entry = entries.get(group.name)
-        if entry is None:           # no report: the net as it is
-            continue
-        kept_before = entry["kept"].to(torch.bool)
-        kept_after = _extracted_keep(entry, tasks) if group.owner == SHARED else kept_before.clone()
-        keep[group.name] = kept_after[kept_before]
-        new_entry = dict(entry, kept=kept_after)
-        if "proposals" in entry:
-            new_entry["proposals"] = {t: m for t, m in entry["proposals"].items() if t in tasks}
-        new_entries.append(new_entry)
+    keep, entries = _subset_keep(groups, report, tasks) if report is not None else ({}, [])
     net = rebuild(remove_channels(sub, groups, keep))
-    size = tuple(report["input_size"]) if report is not None and input_size is None else (input_size or DEFAULT_INPUT_SIZE)
+    size = input_size or (tuple(report["input_size"]) if report is not None else DEFAULT_INPUT_SIZE)
     net_groups = channel_groups(net)
     cost = ChannelCost(net, net_groups, size)
     now = net_groups.sizes()
-    dense = {e["name"]: int(e["size"]) for e in new_entries} if new_entries else now
-    removed = {"macs": 1 - cost.macs(now) / cost.macs(dense), "params": 1 - cost.params(now) / cost.params(dense)}
-    sub_report = dict(report) if report is not None else {"version": REPORT_VERSION, "method": None, "groups": []}
-    sub_report.update(groups=new_entries, tasks=tasks, input_size=list(size),
-                      macs={"dense": int(cost.macs(dense)), "kept": int(cost.macs(now))},
-                      params={"dense": int(cost.params(dense)), "kept": int(cost.params(now))})
-    return ChannelPruneResult(net, architecture_of(net), removed["macs"], removed["params"], sub_report)
+    dense = {e["name"]: int(e["size"]) for e in entries} if entries else now
+    macs, params = (cost.macs(now), cost.macs(dense)), (cost.params(now), cost.params(dense))
+    sub_report = dict(report) if report is not None else {"version": REPORT_VERSION, "method": None}
+    sub_report.update(groups=entries, tasks=tasks, input_size=list(size),
+                      macs={"dense": macs[1], "kept": macs[0]}, params={"dense": params[1], "kept": params[0]})
+    return ChannelPruneResult(net, architecture_of(net), 1 - macs[0] / macs[1], 1 - params[0] / params[1],
+                              sub_report)
 
 
-__all__ = ["CHANNEL_METHODS", "ChannelMethod", "ChannelPruneResult", "Target", "channel_task_masks",
+__all__ = ["ALL", "CHANNEL_METHODS", "ChannelMethod", "ChannelPruneResult", "channel_task_masks",
            "extract_tasks", "get_channel_method", "method_importance", "prune_channels", "rebuild",
-           "score_for_method", "ALL"]
+           "score_for_method"]

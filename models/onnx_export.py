@@ -68,14 +68,19 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int] = (321, 321), batc
     return buffer.getvalue()
 
 
-def onnx_session(onnx_model: bytes | str | os.PathLike, threads: int | None = None):
-    """An onnxruntime CPU session for an exported model (bytes or a file path); `threads` intra-op threads."""
+def onnx_session(onnx_model: bytes | str | os.PathLike, threads: int | None = None, spin: bool = True):
+    """An onnxruntime CPU session for an exported model (bytes or a file path); `threads` intra-op threads.
+
+    `spin=False` lets idle worker threads sleep instead of spin-waiting: slower on a dedicated machine, fairer
+    on one shared with other jobs (the benchmarks' OMP_WAIT_POLICY=PASSIVE for PyTorch does the same)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = onnx_model if isinstance(onnx_model, bytes) else os.fspath(onnx_model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

@@ -8,8 +8,8 @@ parameters removed, the files written (checkpoint `.pth` with the architecture s
 resident memory of one inference, each net and runtime in its own process (load the file, run once).
 
 The channel scores come from one random batch (`--score-crop`): latency depends only on the widths the
-method picks, not on how good they are. Targets (docs/BENCHMARKS.md, 2 CPU cores, 2 threads): at least 1.8x faster at
-50 % MACs removed and 3x at 70 %.
+method picks, not on how good they are. Targets (docs/BENCHMARKS.md, 2 CPU cores, 2 threads): at least 1.8x
+faster at 50 % MACs removed and 3x at 70 %.
 """
 from __future__ import annotations
 

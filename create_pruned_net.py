@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="backbone arbiter for the per-task methods: unanimous (the paper), intersection, "
                              "majority, mean_score (default: config pruning.arbiter)")
     parser.add_argument("--export-compact", action="store_true",
-                        help="also write {name}.compact.pth: kept values + bit-packed masks (prune_utils/compact.py)")
+                        help="also write {name}.compact.pth: kept values + bit-packed masks (fileio/compact.py)")
     parser.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                         help="tqdm progress bars: auto = only when stderr is a terminal")
     return parser
@@ -73,12 +73,12 @@ def dense_source(args: argparse.Namespace, dataset: str) -> Path | None:
 def main() -> None:
     args = build_parser().parse_args()
     from dataloaders import build_loader
-    from engine.checkpoint import CheckpointError, atomic_save, load_model_file, make_checkpoint
+    from fileio import CheckpointError, atomic_save, compact, load_weights, make_checkpoint
     from engine.distributed import barrier, cleanup, setup_distributed
     from engine.losses import build_loss
     from engine.runtime import seed_everything
     from models import build_model
-    from prune_utils import compact, report
+    from prune_utils import report
 
     config = config_from_args(args)
     dataset = config["dataset"]
@@ -106,7 +106,7 @@ def main() -> None:
         seed_everything(args.seed)
         model = build_model(config, ctx.device)   # same init on every rank (same seed)
         if source is not None:
-            load_model_file(source, model, config)
+            load_weights(source, model, config)
         batch_size = args.batch_size or config["pruning"]["batch_size"]
         if ctx.is_main:   # rank 0 first: the synthetic set is generated on first use
             loader = build_loader(config, "train", batch_size=batch_size, seed=args.seed, distributed=ctx.distributed)

@@ -100,8 +100,8 @@ def weight_sparsity(model: torch.nn.Module) -> float:
 
 def run(args: argparse.Namespace) -> dict:
     from dataloaders import build_loader
-    from engine.checkpoint import load_model_file
-    from engine.evaluate import evaluate, write_metrics
+    from engine.evaluate import evaluate
+    from fileio import atomic_write_json, load_weights
     from engine.metrics import format_table
     from engine.runtime import seed_everything, select_device
     from models import build_model
@@ -115,8 +115,8 @@ def run(args: argparse.Namespace) -> dict:
     device = select_device(args.device)
     seed_everything(args.seed)
     model = build_model(config, "cpu")
-    loaded = load_model_file(path, model, config)
-    masks = loaded["masks"]
+    loaded = load_weights(path, model, config)
+    masks = loaded.masks
     if masks:
         check_masks(model, masks)
         apply_masks(model, masks)
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
     model = model.to(device)
     if config["model"].get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
-    kind = "original-format" if loaded["original"] else (loaded["meta"].get("method") or "our")
+    kind = "original-format" if loaded.original else (loaded.meta.get("method") or "our")
     print(f"evaluating {path} ({kind} checkpoint, sparsity {100 * sparsity:.2f}%) on the {args.split} split")
     loader = build_loader(config, args.split, shuffle=False, distributed=False, train=False)
     progress = {"auto": sys.stderr.isatty(), "on": True, "off": False}[args.progress]
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
         metrics["delta_m"] = value if math.isfinite(value) else float("nan")
     print(format_table(metrics))
     out = out_dir / f"metrics_{name}.json"
-    write_metrics(out, metrics)
+    atomic_write_json(out, metrics, nonfinite="null")
     print(f"wrote {out}")
     return metrics
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -54,15 +52,13 @@ class _CLIError(ValueError):
 
 def load_pruned_checkpoint(path: str, config: Mapping, device: torch.device):
     """(model with the checkpoint's weights, its mask set); one-line errors for no masks / other tasks."""
-    from engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
+    from fileio import CheckpointError, load_weights
     from models import build_model
     from prune_utils.masks import check_masks, masks_to
-    ckpt = load_checkpoint(path, tasks=list(config["tasks"]), num_classes=list(config["num_classes"]))
-    masks = ckpt.get("masks")
+    model = build_model(config, device)
+    masks = load_weights(path, model, config).masks
     if not masks:
         raise CheckpointError(f"checkpoint {path} holds no masks (a dense model); --from needs a pruned checkpoint")
-    model = build_model(config, device)
-    load_model_state(model, ckpt["model"], source=f"checkpoint {path}")
     try:
         check_masks(model, masks)
     except ValueError as exc:
@@ -90,25 +86,13 @@ def restricted_task_masks(scores: Mapping[str, Mapping[str, torch.Tensor]], kept
     return out, ratios
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     from engine.cli import config_from_args
     from engine.runtime import seed_everything, select_device
     from prune_utils import iou as I
     from prune_utils.masks import sparsity
+    from fileio import atomic_write_text
     from prune_utils.similarity import write_json
 
     if args.dataset is None and args.config is None:
@@ -174,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_json(stem.with_suffix(".json"), record)
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(I.to_csv_rows(report))
-    _atomic_text(stem.with_suffix(".csv"), buffer.getvalue())
+    atomic_write_text(stem.with_suffix(".csv"), buffer.getvalue())
     written = [stem.with_suffix(".json"), stem.with_suffix(".csv")]
     if not args.no_plot:
         from prune_utils.plots import iou_bar_plot

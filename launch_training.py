@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from engine.checkpoint import CheckpointError, load_model_file
+from fileio import CheckpointError, atomic_write_json, load_weights
 from engine.cli import base_parser, config_from_args, percent, ratio_label, run_main
 
 METHODS = ("baseline", "disparse_static", "disparse_pt", "disparse_dynamic", "snip", "random", "magnitude",
@@ -93,11 +93,11 @@ def build_controller(method: str, model: torch.nn.Module, config: dict, loss_fn:
         return None
     from prune_utils.sparse_training import StaticSparsity
     if method in STATIC_METHODS:
-        loaded = load_model_file(pruned_path, model, config)
-        if not loaded["masks"]:
+        loaded = load_weights(pruned_path, model, config)
+        if not loaded.masks:
             raise CheckpointError(f"{pruned_path} holds no masks (a dense checkpoint?): make a pruned net with "
                                   f"create_pruned_net.py --method {method} --ratio {ratio_label(ratio)}")
-        return StaticSparsity(loaded["masks"])
+        return StaticSparsity(loaded.masks)
     if method in DYNAMIC_METHODS:
         from prune_utils.sparse_training import DynamicSparsity
         dyn = config["dynamic"]
@@ -115,7 +115,7 @@ def build_controller(method: str, model: torch.nn.Module, config: dict, loss_fn:
 def run(args: argparse.Namespace) -> int:
     from dataloaders import build_loader
     from engine.distributed import barrier, cleanup, setup_distributed
-    from engine.evaluate import evaluate, write_metrics
+    from engine.evaluate import evaluate
     from engine.losses import build_loss
     from engine.metrics import format_table
     from engine.runtime import seed_everything
@@ -193,17 +193,17 @@ def run(args: argparse.Namespace) -> int:
                   f"{result.best_value:.6g} at iteration {result.best_iteration}")
         if not args.no_final_eval:
             best = checkpoint_path(dest, "best", name)
-            loaded = load_model_file(best, model, config)
+            loaded = load_weights(best, model, config)
             test_loader = build_loader(config, "test", shuffle=False, distributed=False, train=False)
             metrics = evaluate(model, test_loader, config, test_loader.dataset, device,
                                progress=bool(progress) and ctx.is_main)
-            masks = loaded["masks"]
+            masks = loaded.masks
             from prune_utils.masks import sparsity as mask_sparsity
             metrics["sparsity"] = float(mask_sparsity(masks)) if masks else 0.0
             if ctx.is_main:
                 print(f"metrics of {best}:")
                 print(format_table(metrics))
-                write_metrics(dest / f"metrics_{name}.json", metrics)
+                atomic_write_json(dest / f"metrics_{name}.json", metrics, nonfinite="null")
         failed = False
         return 0
     finally:

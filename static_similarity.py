@@ -136,8 +136,8 @@ def run(args: argparse.Namespace) -> dict:
         entries = {S.entry_key(sparsities, tasks[i], tasks[j]): float(matrix[i, j])
                    for i in range(len(tasks)) for j in range(i + 1, len(tasks))}
         S.update_table(args.table_json, cell, entries)
-        per_seed = {str(seed): {pair_key(tasks[i], tasks[j]): S._clean(float(np.mean(
-            [st.score(tasks[i], tasks[j], sim_method, layer_method, args.compat_row_slice) for st in per_ratio])))
+        per_seed = {str(seed): {pair_key(tasks[i], tasks[j]): float(np.mean(
+            [st.score(tasks[i], tasks[j], sim_method, layer_method, args.compat_row_slice) for st in per_ratio]))
             for i in range(len(tasks)) for j in range(i, len(tasks))} for seed, per_ratio in zip(seeds, grid)}
         record = {
             "config": {k: v for k, v in vars(args).items() if k not in ("overrides",)} | {"overrides": args.overrides},
@@ -146,9 +146,9 @@ def run(args: argparse.Namespace) -> dict:
             "batch_size": batch_size, "seeds": seeds, "width_mult": config["model"]["width_mult"],
             "layer_method": layer_method, "sim_method": sim_method, "compat_row_slice": args.compat_row_slice,
             "layers": grid[0][0].layers,
-            "sim": {pair_key(tasks[i], tasks[j]): S._clean(float(matrix[i, j]))
+            "sim": {pair_key(tasks[i], tasks[j]): float(matrix[i, j])
                     for i in range(len(tasks)) for j in range(i, len(tasks))},
-            "matrix": [[S._clean(float(v)) for v in row] for row in matrix],
+            "matrix": [[float(v) for v in row] for row in matrix],
             "per_seed": per_seed,
         }
         stem = f"sim_{cell}_{label}"

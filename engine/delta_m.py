@@ -42,6 +42,11 @@ DELTA_M_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _number(value: Any) -> float:
+    """A metric value as a float; null (how metrics files store an undefined metric) reads as NaN."""
+    return math.nan if value is None else float(value)
+
+
 def lower_is_better(task: str, metric: str) -> bool:
     try:
         return METRIC_DIRECTIONS[task][metric] == LOWER
@@ -67,7 +72,7 @@ def delta_m(metrics: Mapping[str, Any], baseline: Mapping[str, Any]) -> float:
         for name in DELTA_M_METRICS[task]:
             if name not in metrics[task] or name not in baseline[task]:
                 raise ValueError(f"delta_m: metric {task}/{name} is missing from the metrics or the baseline")
-            value, base = float(metrics[task][name]), float(baseline[task][name])
+            value, base = _number(metrics[task][name]), _number(baseline[task][name])
             if not (math.isfinite(value) and math.isfinite(base)):
                 raise ValueError(f"delta_m: metric {task}/{name} is not finite ({value} vs baseline {base})")
             if base == 0:

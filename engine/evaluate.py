@@ -165,17 +165,3 @@ def evaluate(model: nn.Module, loader: DataLoader, config: Mapping, dataset: Any
     if is_dist():
         acc.all_reduce()
     return acc.compute()
-
-
-def write_metrics(path, metrics: Mapping[str, Any]) -> None:
-    """Write a metrics dict as JSON atomically (temporary file, then rename)."""
-    import json
-    import os
-    from pathlib import Path
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(metrics, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)

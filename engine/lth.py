@@ -27,7 +27,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model_state, make_checkpoint
+from fileio import CheckpointError, atomic_save, load_checkpoint, load_model_state, make_checkpoint
 from .distributed import DistContext, barrier
 from .trainer import Trainer, TrainOptions, TrainResult, checkpoint_path
 

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model_state, make_checkpoint
+from fileio import CheckpointError, atomic_save, load_checkpoint, load_model_state, make_checkpoint
 from .distributed import DistContext, all_gather_object, all_reduce_sum, is_dist, wrap_model
 from .evaluate import autocast, move_batch, preserved_rng, test_loss
 from .logging_utils import RunLogger

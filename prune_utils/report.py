@@ -15,13 +15,14 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from fileio import atomic_write_json, atomic_write_text
 
 from models import SHARED, owner_of
 
@@ -211,25 +212,17 @@ def format_table(report_or_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
-    """One CSV line per layer (shape written as e.g. 64x3x7x7)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """One CSV line per layer (shape written as e.g. 64x3x7x7), written atomically."""
     fields = ["name", "owner", "shape", "total", "kept", "sparsity"]
     if rows and "macs_dense" in rows[0]:
         fields += ["macs_dense", "macs_kept"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "shape": "x".join(str(s) for s in row["shape"])})
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\r\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "shape": "x".join(str(s) for s in row["shape"])})
+    atomic_write_text(path, buffer.getvalue())
 
 
 def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(path, report)

@@ -49,13 +49,14 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from fileio import atomic_write, atomic_write_json
 
 from models import SHARED, owner_of
 
@@ -354,21 +355,11 @@ def cache_path(cache_dir: str | os.PathLike, key: Mapping[str, Any]) -> Path:
 def save_scores(path: str | os.PathLike, scores: Mapping[str, Mapping[str, torch.Tensor]],
                 key: Mapping[str, Any]) -> None:
     """Atomic npz of float32 arrays `"<task>|<param>"` plus a JSON record (`__meta__`) of key and order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     order = {t: list(per_task) for t, per_task in scores.items()}
     arrays = {f"{t}|{name}": v.detach().to("cpu", torch.float32).numpy()
               for t, per_task in scores.items() for name, v in per_task.items()}
     arrays["__meta__"] = np.array(json.dumps({"key": dict(key), "order": order}))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 def load_scores(path: str | os.PathLike, key: Mapping[str, Any] | None = None) -> dict[str, dict[str, torch.Tensor]] | None:
@@ -424,10 +415,6 @@ def entry_key(sparsities: Sequence[float], a: str, b: str) -> str:
     return f"{sparsity_label(sparsities)}{PAIR_SEP}{a}{PAIR_SEP}{b}"
 
 
-def _clean(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-
-
 def update_table(path: str | os.PathLike, cell: str, entries: Mapping[str, float]) -> dict:
     """Read `path` (created if missing), set `table[cell][entry] = value`, write it back atomically."""
     path = Path(path)
@@ -440,24 +427,14 @@ def update_table(path: str | os.PathLike, cell: str, entries: Mapping[str, float
         if not isinstance(table, dict):
             raise ValueError(f"table file {path} does not hold a JSON object")
     table.setdefault(cell, {})
-    table[cell].update({k: _clean(v) for k, v in entries.items()})
+    table[cell].update({k: float(v) for k, v in entries.items()})
     write_json(path, table)
     return table
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Standard JSON written atomically; an undefined (NaN) score is written as null."""
+    atomic_write_json(path, obj, nonfinite="null")
 
 
 def _split_entry(entry: str) -> tuple[str, str] | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from fileio import atomic_save, load_checkpoint, make_checkpoint
 from engine.config import load_config
 from engine.losses import MultiTaskLoss
 from models import build_model
@@ -100,7 +100,7 @@ def test_cli_writes_checkpoint_report_and_compact(synthetic_root, cli_sets, tmp_
     assert set(report["summary"]) == {"backbone", "seg", "sn", "depth", "overall"}
     assert report["summary"]["overall"]["kept"] == sum(int(m.sum()) for m in ckpt["masks"].values())
     assert (tmp_path / "synthetic_disparse_static_80_report.csv").read_text().count("\n") == 1 + 72
-    from prune_utils.compact import load_compact
+    from fileio.compact import load_compact
     state, masks, meta = load_compact(tmp_path / "synthetic_disparse_static_80.compact.pth")
     assert all(torch.equal(state[k], ckpt["model"][k]) for k in ckpt["model"])
     assert all(torch.equal(masks[k], ckpt["masks"][k]) for k in ckpt["masks"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import eval_pruned_net
-from engine.checkpoint import atomic_save, make_checkpoint
+from fileio import atomic_save, make_checkpoint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NYU_KEYS = {"seg": {"mIoU", "Pixel Acc", "err"},
@@ -30,7 +30,7 @@ def _random_masks(model, density: float, seed: int = 0) -> dict:
 
 
 def test_eval_original_format_sparse_net_on_real_nyuv2_samples(nyuv2_samples, tmp_path, capsys):
-    from engine.original_import import export_original_state_dict
+    from fileio.original import export_original_state_dict
     from engine.runtime import seed_everything
     from models import build_model
     from prune_utils.masks import apply_masks, sparsity

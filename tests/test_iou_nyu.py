@@ -104,7 +104,7 @@ def test_iou_from_pruned_checkpoint(tmp_path):
     _needs_pruning_modules()
     import torch
 
-    from engine.checkpoint import atomic_save, make_checkpoint
+    from fileio import atomic_save, make_checkpoint
     from engine.config import load_config
     from models import build_model
     from prune_utils.mask_builder import masks_for_keep_ratio

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import launch_training
-from engine.checkpoint import load_checkpoint, make_checkpoint, atomic_save
+from fileio import load_checkpoint, make_checkpoint, atomic_save
 from engine.logging_utils import read_jsonl
 from tests.helpers import tiny_run_args
 

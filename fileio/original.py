@@ -1,4 +1,4 @@
-"""Import state dicts saved by the original DiSparse code (DESIGN.md contract 5, REFERENCE.md §1.3, §5.1).
+"""State dicts of the original DiSparse code (docs/ARCHITECTURE.md contract 5, docs/ORIGINAL.md §1.3, §5.1).
 
 The original names the backbone exactly as we do (`backbone.blocks.{s}.{b}.conv1`, `backbone.ds.{s}.0`)
 and the heads `task{k}_fc1_c{j}.conv{i}` (k 1-based). Pruned nets carry `torch.nn.utils.prune`

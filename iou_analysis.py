@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     from engine.cli import config_from_args
     from engine.runtime import seed_everything, select_device
+    from methods.scoring import score_fresh_net, score_net
     from prune_utils import iou as I
     from prune_utils.masks import sparsity
     from fileio import atomic_write_text
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if method == "snip":
             print("note: snip scores a Xavier re-draw of the weights, not the checkpoint's values; the checkpoint "
                   "then only restricts which weights each task can keep")
-        scores = I.score_net(config, model, seed=args.seed, num_batches=num_batches, method=method,
+        scores = score_net(config, model, seed=args.seed, num_batches=num_batches, method=method,
                              batch_size=batch_size, device=device, progress=show, mode=args.saliency_mode)
         per_task, ratios = restricted_task_masks(scores, kept, keep)
         meta.update(source=str(args.from_ckpt), saliency=method, keep_ratio=keep,
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         method = args.saliency or config["pruning"]["saliency"]
         print(f"scoring a fresh net per task with {method} saliency over {num_batches} batch(es) of {batch_size} "
               f"on {device}")
-        scores = I.score_fresh_net(config, seed=args.seed, num_batches=num_batches, method=method,
+        scores = score_fresh_net(config, seed=args.seed, num_batches=num_batches, method=method,
                                    batch_size=batch_size, device=device, progress=show, mode=args.saliency_mode)
         from prune_utils.mask_builder import masks_for_sparsity, task_masks
         if args.ratio is not None:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +82,9 @@ def run(args: argparse.Namespace) -> dict:
 
     from engine.cli import config_from_args
     from engine.runtime import select_device
+    from methods.scoring import score_fresh_net
+    from models import build_model
+    from prune_utils.structure import TaskStructure
     from prune_utils import similarity as S
     from prune_utils.iou import pair_key
     from prune_utils.mask_builder import task_masks
@@ -108,6 +112,8 @@ def run(args: argparse.Namespace) -> dict:
     sim_methods = sorted({sm for _, sm in cells}, key=S.SIM_METHODS.index)
     show = not args.no_progress
     out_dir = Path(args.dump_dir) / config["dataset"]
+    with torch.device("meta"):             # shapes only: no memory, no initialisation
+        layers = list(TaskStructure.from_model(build_model(config, "meta")).shared)   # every backbone layer, in order
 
     print(f"tasks {', '.join(tasks)}; sparsities {', '.join(S._label(r) for r in sparsities)} -> per-task keep "
           f"ratios {', '.join(f'{k:g}' for k in keep_ratios)} ({args.keep_ratios}); {method} saliency, "
@@ -115,11 +121,11 @@ def run(args: argparse.Namespace) -> dict:
     grid: list[list[S.LayerStats]] = []
     for seed in tqdm(seeds, desc="seeds", disable=not show):
         scores, computed = S.cached_scores(config, seed=seed, num_batches=args.num_batches, method=method,
-                                           batch_size=batch_size, cache_dir=args.dump_dir, force=args.force_run,
+                                           batch_size=batch_size, cache_dir=args.dump_dir, scorer=score_fresh_net,
+                                           force=args.force_run,
                                            device=device, progress=show, mode=args.saliency_mode)
         tqdm.write(f"seed {seed}: saliency {'computed' if computed else 'loaded from cache'} "
                    f"({S.cache_path(args.dump_dir, S.cache_key(config, seed=seed, num_batches=args.num_batches, method=method, batch_size=batch_size, mode=args.saliency_mode))})")
-        layers = S.backbone_layer_names(scores[tasks[0]])
         per_ratio = []
         for keep in tqdm(keep_ratios, desc=f"seed {seed} keep ratios", leave=False, disable=not show):
             masks = task_masks(scores, keep)

@@ -309,14 +309,14 @@ def random_scores(model: torch.nn.Module, kind: str = "uniform", seed: int = 0) 
     per-layer, per-task log-normal scale, so tasks agree on the backbone through |w| (as SNIP scores do) and
     scores span several orders of magnitude.
     """
-    from models import SHARED, owner_of
     from prune_utils.masks import prunable_parameters
+    from prune_utils.structure import TaskStructure
     if kind not in SCORE_KINDS:
         raise ValueError(f"unknown score kind {kind!r} (expected one of {', '.join(SCORE_KINDS)})")
     g = torch.Generator().manual_seed(seed)
     shapes = {n: tuple(p.shape) for n, p in prunable_parameters(model).items()}
-    tasks = list(model.task_names)
-    pools = {t: [n for n in shapes if owner_of(n) in (SHARED, t)] for t in tasks}
+    structure = TaskStructure.from_model(model)
+    pools = {t: list(structure.pool(t)) for t in structure.tasks}
     magnitude: dict[str, torch.Tensor] = {}
     if kind == "snip-like":
         for name, shape in shapes.items():

@@ -1,9 +1,9 @@
-"""Meta-Sparse task similarity from per-task sparse masks (REFERENCE.md §9).
+"""Meta-Sparse task similarity from per-task sparse masks (docs/ORIGINAL.md §9).
 
-For each task the static DiSparse saliency (SNIP on a fresh net, §5.1) gives scores over the task's
-pool (backbone + own head); the task's keep mask at keep ratio k is its exact top-k over that pool.
-No arbiter: the masks stay per task. Two tasks are compared over the **backbone layers**, all of them
-(the 33 chain convs in forward order, then the 3 shortcuts, i.e. the model's `prunable_parameters`
+For each task the static DiSparse saliency (SNIP on a fresh net, docs/ORIGINAL.md §5.1) gives scores
+over the task's pool (backbone + own head); the task's keep mask at keep ratio k is its exact top-k over
+that pool. No arbiter: the masks stay per task. Two tasks are compared over the **backbone layers**, all
+of them (the 33 chain convs in forward order, then the 3 shortcuts, i.e. `TaskStructure.shared` in layer
 order, as the original), layer by layer:
 
 | `sim_method` | report name | per-layer value |
@@ -51,14 +51,12 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from fileio import atomic_write, atomic_write_json
-
-from models import SHARED, owner_of
 
 from .iou import PAIR_SEP, iou as _iou
 
@@ -266,11 +264,6 @@ def similarity_matrix(stats_grid: Sequence[Sequence[LayerStats]], sim_method: st
     return per_seed.mean(axis=0)
 
 
-def backbone_layer_names(names: Iterable[str]) -> list[str]:
-    """The backbone's prunable layers in the given (prunable_parameters) order: chain convs, then shortcuts."""
-    return [n for n in names if owner_of(n) == SHARED]
-
-
 # --------------------------------------------------------------------------------------------------
 # Keep ratios and sparsity labels
 
@@ -379,13 +372,13 @@ def load_scores(path: str | os.PathLike, key: Mapping[str, Any] | None = None) -
 
 
 def cached_scores(config: Mapping, *, seed: int, num_batches: int, method: str, batch_size: int,
-                  cache_dir: str | os.PathLike, force: bool = False, device: Any = "cpu", mode: str = "batch_stats",
-                  scorer: Callable[..., Mapping[str, Mapping[str, torch.Tensor]]] | None = None,
+                  cache_dir: str | os.PathLike, scorer: Callable[..., Mapping[str, Mapping[str, torch.Tensor]]],
+                  force: bool = False, device: Any = "cpu", mode: str = "batch_stats",
                   progress: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], bool]:
-    """(scores, computed): the cached scores for this key, else computed (and cached) on a fresh net.
+    """(scores, computed): the cached scores for this key, else computed (and cached) by `scorer`.
 
     `force` recomputes and overwrites. `scorer(config, seed=, num_batches=, method=, batch_size=,
-    device=, progress=, mode=)` defaults to `prune_utils.iou.score_fresh_net`.
+    device=, progress=, mode=)` scores a fresh net (the tools pass `methods.scoring.score_fresh_net`).
     """
     key = cache_key(config, seed=seed, num_batches=num_batches, method=method, batch_size=batch_size, mode=mode)
     path = cache_path(cache_dir, key)
@@ -393,8 +386,6 @@ def cached_scores(config: Mapping, *, seed: int, num_batches: int, method: str, 
         cached = load_scores(path, key)
         if cached is not None:
             return cached, False
-    if scorer is None:
-        from .iou import score_fresh_net as scorer
     scores = scorer(config, seed=seed, num_batches=num_batches, method=method, batch_size=batch_size,
                     device=device, progress=progress, mode=mode)
     scores = {t: {n: v.detach().to("cpu", torch.float32) for n, v in per.items()} for t, per in scores.items()}

@@ -6,10 +6,12 @@ a typo or a wrong type fails at start-up with the key's dotted name rather than 
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import os
+import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -196,17 +198,38 @@ def loss_weights(config: Mapping) -> dict[str, float]:
     return {t: float(w) for t, w in zip(config["tasks"], config["loss_weights"])}
 
 
-def main() -> None:
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose and adjust a config: --dataset, --config, --set, --data-root."""
+    parser.add_argument("--dataset", choices=DATASETS, default=None,
+                        help="dataset name; loads configs/<dataset>.yaml")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="config YAML to use instead of configs/<dataset>.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, dotted keys, YAML-typed (e.g. --set train.lr=1e-4); repeatable")
+    parser.add_argument("--data-root", default=None, metavar="DIR",
+                        help="dataset root; overrides $DISPARSE_DATA and the config's data_root")
+
+
+def config_from_args(args: argparse.Namespace) -> dict:
+    """The config `add_config_arguments`' flags describe."""
+    return load_config(dataset=args.dataset, config_file=args.config, overrides=args.overrides,
+                       data_root=args.data_root)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """`python -m engine.config --dataset NAME [--set k=v]`: print the resolved, validated config."""
-    from .cli import base_parser, config_from_args, run_main
-
-    parser = base_parser("Print the resolved configuration (after --set overrides and data-root resolution).")
-
-    def show() -> None:
-        print(yaml.safe_dump(config_from_args(parser.parse_args()), sort_keys=False), end="")
-
-    run_main(show)
+    parser = argparse.ArgumentParser(description="Print the resolved configuration (after --set overrides and "
+                                                 "data-root resolution).")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:          # the one error a config can have: one line, exit 2 (as every tool)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(config, sort_keys=False), end="")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

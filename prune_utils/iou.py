@@ -41,6 +41,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .mask_builder import task_masks
 from .structure import TaskStructure
 
 PAIR_SEP = "_X_"
@@ -266,6 +267,28 @@ def _named_watershed(report: IoUReport, which: str) -> dict[str, Any] | None:
         found["layer"] = report.conv_layers[found["index"]].name
         found["rule"] = WATERSHED_RULE
     return found
+
+
+def restricted_task_masks(scores: Mapping[str, Mapping[str, torch.Tensor]], kept: Mapping[str, torch.Tensor],
+                          keep_ratio: float, structure: TaskStructure | None = None
+                          ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
+    """Per-task top-k restricted to a pruned net's kept weights: task t keeps `keep_ratio` of the weights
+    `kept` keeps in its pool (its scores elsewhere are zeroed and its mask is ANDed with `kept`).
+
+    Returns (task -> mask set over its pool, task -> the keep ratio of its whole pool that this is)."""
+    out, ratios = {}, {}
+    for task, per in scores.items():
+        pool = sum(v.numel() for v in per.values())
+        alive = sum(int(kept[n].sum()) for n in per)
+        k = keep_ratio * alive / pool if pool else 0.0
+        if alive == 0 or int(k * pool) < 1:
+            raise ValueError(f"task {task!r}: the checkpoint keeps {alive} weights of its pool, too few for "
+                             f"--keep-ratio {keep_ratio:g}")
+        masked = {n: v.cpu() * kept[n].to(v.dtype).cpu() for n, v in per.items()}
+        mask = task_masks({task: masked}, k, structure)[task]
+        out[task] = {n: mask[n].cpu() & kept[n] for n in per}
+        ratios[task] = k
+    return out, ratios
 
 
 # --------------------------------------------------------------------------------------------------

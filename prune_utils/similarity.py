@@ -56,7 +56,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from fileio import atomic_write, atomic_write_json
+from fileio import atomic_write, atomic_write_json, read_json
 
 from .iou import PAIR_SEP, iou as _iou
 
@@ -409,14 +409,7 @@ def entry_key(sparsities: Sequence[float], a: str, b: str) -> str:
 def update_table(path: str | os.PathLike, cell: str, entries: Mapping[str, float]) -> dict:
     """Read `path` (created if missing), set `table[cell][entry] = value`, write it back atomically."""
     path = Path(path)
-    table: dict = {}
-    if path.is_file():
-        try:
-            table = json.loads(path.read_text(encoding="utf-8") or "{}")
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"table file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(table, dict):
-            raise ValueError(f"table file {path} does not hold a JSON object")
+    table = read_json(path, "table file", dict) if path.is_file() and path.stat().st_size else {}
     table.setdefault(cell, {})
     table[cell].update({k: float(v) for k, v in entries.items()})
     write_json(path, table)

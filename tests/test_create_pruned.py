@@ -14,7 +14,8 @@ from engine.config import load_config
 from engine.losses import MultiTaskLoss
 from models import build_model
 from prune_utils.masks import sparsity
-from prune_utils.static_pruning import METHODS, PruneRequest, paper_keep_ratio, prune
+from methods.base import PruneRequest
+from methods.registry import get_method, paper_keep_ratio, pruning_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.width_mult=0.0625", "pruning.num_batches=1", "pruning.batch_size=4", "data.crop_h=32",
@@ -42,12 +43,12 @@ def _prune(method, target=None, keep=None, seed=0, arbiter="unanimous"):
     torch.manual_seed(seed)
     model = build_model(config)
     loss = MultiTaskLoss(config["tasks"], config["loss_weights"])
-    request = PruneRequest(method=method, target_sparsity=target, keep_ratio=keep, arbiter=arbiter, num_batches=1)
-    return prune(model, config, request, _batches(config), loss, torch.device("cpu"),
-                 torch.Generator().manual_seed(seed), progress=False)
+    request = PruneRequest(target_sparsity=target, keep_ratio=keep, arbiter=arbiter, num_batches=1)
+    return get_method(method).prune(model, config, request, _batches(config), loss, torch.device("cpu"),
+                                    torch.Generator().manual_seed(seed), progress=False)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", pruning_methods())
 @pytest.mark.parametrize("ratio", [30, 50, 70, 90])
 def test_every_method_hits_the_ratio(method, ratio):
     result = _prune(method, target=ratio / 100)

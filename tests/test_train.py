@@ -22,7 +22,7 @@ def tiny_args(root: Path, dest: Path, *extra: str) -> list[str]:
 
 
 def tiny_config(root: Path, dest: Path, *extra: str) -> dict:
-    from engine.cli import config_from_args
+    from engine.config import config_from_args
     return config_from_args(launch_training.build_parser().parse_args(tiny_args(root, dest, *extra)))
 
 
@@ -219,7 +219,7 @@ def test_dynamic_sparse_training_hits_the_ratio(synthetic_root, tmp_path):
 
 
 def test_lth_rounds_reach_the_exact_ratio(synthetic_root, tmp_path):
-    from engine.lth import global_magnitude_masks, keep_schedule
+    from prune_utils.lth import global_magnitude_masks, keep_schedule
 
     assert keep_schedule(1000, 75.0, 2) == [500, 250]
     w = {"a": torch.tensor([[3.0, -1.0], [2.0, 0.5]]), "b": torch.tensor([2.0, -4.0, 1.0])}

@@ -39,20 +39,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_it(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of `fn` in seconds, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def interleaved_samples(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int = 5,
                         warmup: int = 1) -> dict[str, list[float]]:
     """All wall times (s) of several variants measured in alternation, so machine noise hits all alike.
@@ -73,13 +59,6 @@ def interleaved_samples(fns: dict[str, Callable[[], object]], device: torch.devi
             sync(device)
             samples[name].append(time.perf_counter() - start)
     return samples
-
-
-def interleaved_times(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int = 5,
-                      warmup: int = 1) -> dict[str, float]:
-    """Median times of several variants measured in alternation (see `interleaved_samples`)."""
-    samples = interleaved_samples(fns, device, repeats, warmup)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def paired_ratio(samples: Mapping[str, Sequence[float]], a: str, b: str) -> float:

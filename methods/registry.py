@@ -36,13 +36,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 
 
-def register_method(method: Method, overwrite: bool = False) -> None:
-    """Add a method at run time (a plugin); the built-in ones are listed in `METHODS` above."""
-    if method.name in METHODS and not overwrite:
-        raise ValueError(f"method {method.name!r} is already registered (pass overwrite=True to replace it)")
-    METHODS[method.name] = method
-
-
 def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r} (expected one of {', '.join(METHODS)})")

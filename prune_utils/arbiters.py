@@ -41,7 +41,7 @@ and `mean_score`'s k grows with the tasks' counts. A custom arbiter must keep th
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Protocol, Sequence, Union
+from typing import Callable, Mapping, Protocol, Sequence, Union
 
 import numpy as np
 import torch

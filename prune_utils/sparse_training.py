@@ -306,9 +306,6 @@ class DynamicSparsity(StaticSparsity):
             return 0.0
         return self.initial_drop_fraction / 2.0 * (1.0 + math.cos(math.pi * iteration / self.end))
 
-    def is_update_iteration(self, iteration: int) -> bool:
-        return not self.frozen and (iteration >= self.end or iteration % self.interval == 0)
-
     # ------------------------------------------------------------------ protocol
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         if self.structure is None:

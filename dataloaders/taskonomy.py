@@ -1,4 +1,4 @@
-"""Tiny-Taskonomy in the AdaShare layout (REFERENCE.md §2.4), 5 tasks.
+"""Tiny-Taskonomy in the AdaShare layout (docs/ORIGINAL.md §2.4), 5 tasks.
 
 Root layout: `taskonomy.json` maps split names (`train`, `test`, `test_small`, ...) to 6-tuples
 `(rgb, segment_semantic, normal, depth_zbuffer, keypoints2d, edge_texture)` of PNG paths relative to

@@ -101,7 +101,7 @@ def test_loss(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: t
     """Weighted multi-task loss over a whole split, batch-size-weighted, summed across ranks.
 
     Returns `{"loss": float, "losses": {task: float}, "count": n_images}`. This is what training uses
-    to select `best_` checkpoints (the original did it on the test split: REFERENCE.md 7.1).
+    to select `best_` checkpoints (the original did it on the test split: docs/ORIGINAL.md §7.1).
     """
     loader = _for_this_rank(loader)
     total = None
@@ -148,7 +148,7 @@ def _metric_accumulator(config: Mapping, dataset: Any, compat: str | None):
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, config: Mapping, dataset: Any, device: torch.device,
              compat: str | None = None, progress: bool = True, precision: str = "fp32") -> dict:
-    """The paper's metrics (DESIGN.md contract 8) of `model` on `loader`'s split.
+    """The paper's metrics (docs/ARCHITECTURE.md contract 8) of `model` on `loader`'s split.
 
     `compat` ("standard" or "adashare") defaults to the config's `eval.metrics_compat`. Under DDP the
     accumulator's sums are all-reduced, so every rank returns the full-set metrics.

@@ -1,4 +1,4 @@
-"""Per-task training losses (REFERENCE.md §3) and their weighted multitask sum.
+"""Per-task training losses (docs/ORIGINAL.md §3) and their weighted multitask sum.
 
 The ground truth is nearest-resized (legacy `F.interpolate` nearest) down to the prediction's size;
 predictions are never upsampled for the loss. Validity comes from `engine.targets.valid_mask`.
@@ -42,7 +42,7 @@ class TaskLoss:
     """Unweighted single-task loss: `loss(task, pred, batch) -> scalar tensor`.
 
     This is the term pruning (saliency, gradient growth) uses for one task, the λ weight left out
-    (REFERENCE.md §3, the DiSparse single-task variant). An unknown task is a ValueError.
+    (docs/ORIGINAL.md §3, the DiSparse single-task variant). An unknown task is a ValueError.
     """
 
     def __init__(self, ignore_index: int = 255, class_weights: Any = None) -> None:

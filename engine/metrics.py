@@ -1,9 +1,9 @@
-"""Evaluation metrics (REFERENCE.md §4), accumulated as sufficient statistics.
+"""Evaluation metrics (docs/ORIGINAL.md §4), accumulated as sufficient statistics.
 
 `MetricAccumulator` keeps only sums and counts (a confusion matrix, error sums, pixel counts, a fixed
 histogram of normal angles), so partial results from several batches, processes or DDP ranks add up:
 `merge()` adds another accumulator's state and `all_reduce()` sums over a `torch.distributed` group.
-`compute()` turns the statistics into the metrics dict with the original keys (DESIGN.md contract 8).
+`compute()` turns the statistics into the metrics dict with the original keys (docs/ARCHITECTURE.md contract 8).
 
 Two definitions (`compat`), documented in docs/METRICS.md:
 

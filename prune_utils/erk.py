@@ -1,4 +1,4 @@
-"""Erdős–Rényi-Kernel (ERK) layer densities and random initial masks (REFERENCE.md §6.1-6.2).
+"""Erdős–Rényi-Kernel (ERK) layer densities and random initial masks (docs/ORIGINAL.md §6.1-6.2).
 
 Each prunable layer l with weight shape (d_1, ..., d_n) and N_l = prod d_i gets the raw score
 rho_l = (sum d_i / prod d_i) ** 0.9 (kernel dims included). With a set of dense layers (density 1,

@@ -1,4 +1,4 @@
-"""End to end on the real NYUv2 samples: the per-layer IoU falls with backbone depth (REFERENCE.md §8),
+"""End to end on the real NYUv2 samples: the per-layer IoU falls with backbone depth (docs/ORIGINAL.md §8),
 and static_similarity.py reuses its saliency cache unless --force_run.
 
 Reduced-width net (width_mult 0.25), keep ratio 0.078, the sample index's train split (3 of the 4 frames;

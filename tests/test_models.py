@@ -1,4 +1,4 @@
-"""The model matches REFERENCE.md §1: parameter counts, layer order, output sizes, init, channels_last."""
+"""The model matches docs/ORIGINAL.md §1: parameter counts, layer order, output sizes, init, channels_last."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Static masked training (StaticSparsity), ERK densities (REFERENCE.md §6.1) and growth selection."""
+"""Static masked training (StaticSparsity), ERK densities (docs/ORIGINAL.md §6.1) and growth selection."""
 from __future__ import annotations
 
 import io

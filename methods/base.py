@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from engine.controller import SparsityController
 from engine.distributed import DistContext
-from engine.trainer import CKPT_KINDS, Trainer, TrainOptions, TrainResult, checkpoint_path
+from engine.trainer import Trainer, TrainOptions, TrainResult, checkpoint_path
 from fileio import CheckpointError
 from prune_utils.masks import MaskSet
 
@@ -199,5 +199,5 @@ class Method:
         return f"{type(self).__name__}({self.name!r})"
 
 
-__all__ = ["CKPT_KINDS", "Method", "PruneRequest", "PruneResult", "RunFiles", "TrainingRun",
+__all__ = ["Method", "PruneRequest", "PruneResult", "RunFiles", "TrainingRun",
            "ratio_label", "require_file"]

@@ -24,7 +24,7 @@ from typing import Mapping, Optional
 import torch
 
 from engine.distributed import barrier
-from engine.trainer import Trainer, TrainResult
+from engine.trainer import CKPT_KINDS, Trainer, TrainResult
 from fileio import CheckpointError, atomic_save, load_checkpoint, load_model_state, make_checkpoint
 from prune_utils.lth import global_magnitude_masks, keep_schedule
 from prune_utils.masks import prunable_parameters, sparsity as mask_sparsity
@@ -108,7 +108,7 @@ class IterativeMagnitudePruning(Method):
                 print(f"LTH round {r}/{rounds}: sparsity {100 * mask_sparsity(masks):.2f}%")
         if result is None:                                # everything was already done
             result = TrainResult(files.name, iters, None, None,
-                                 {k: files.checkpoint(k) for k in ("best", "last", "final")})
+                                 {k: files.checkpoint(k) for k in CKPT_KINDS})
             last = load_checkpoint(result.paths["last"])
             result.best_value, result.best_iteration = last.get("best_value"), last.get("best_iteration")
         return result

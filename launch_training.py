@@ -74,10 +74,10 @@ def run(args) -> None:
         loss_fn = losses.build_loss(config, train_loader.dataset)
         model = build_model(config, ctx.device)        # identical on every rank (same seed)
         seed_everything(args.seed + ctx.rank)          # per-rank dropout / augmentation streams
-        result = method.train(TrainingRun(
-            config, model, train_loader, val_loader, loss_fn, ctx.device, ctx, files, ratio, seed=args.seed,
-            resume=args.resume, val_split=args.val_split, progress=progress, stop_after=args.stop_after,
-            start_file=start_file))
+        run = TrainingRun(config, model, train_loader, val_loader, loss_fn, ctx.device, ctx, files, ratio,
+                          seed=args.seed, resume=args.resume, val_split=args.val_split, progress=progress,
+                          stop_after=args.stop_after, start_file=start_file)
+        result = method.train(run)
         if result.stopped_early:
             if ctx.is_main:
                 print(f"stopped after iteration {result.iteration}; continue with --resume ({files.checkpoint('last')})")
@@ -87,8 +87,8 @@ def run(args) -> None:
             print(f"trained {files.name}: {result.iteration} iterations, best validation loss "
                   f"{result.best_value:.6g} at iteration {result.best_iteration}")
         if not args.no_final_eval:
-            _, sparsity = load_net(files.checkpoint("best"), model, config)
-            metrics = evaluate_split(model, config, "test", ctx.device, progress=bool(progress) and ctx.is_main)
+            _, sparsity = load_net(files.checkpoint("best"), run.model, config)
+            metrics = evaluate_split(run.model, config, "test", ctx.device, progress=bool(progress) and ctx.is_main)
             metrics["sparsity"] = sparsity
             if ctx.is_main:
                 print(f"metrics of {files.checkpoint('best')}:")

@@ -77,7 +77,7 @@ class TrainingRun:
     """Everything `Method.start` / `Method.train` need, built by launch_training.py."""
 
     config: dict
-    model: nn.Module                      # the config's net on its device, identical on every rank
+    model: nn.Module                      # the config's net on its device, same on every rank (start may replace it)
     train_loader: DataLoader
     val_loader: Optional[DataLoader]
     loss_fn: Callable
@@ -165,7 +165,8 @@ class Method:
         return None
 
     def start(self, run: TrainingRun) -> Optional[SparsityController]:
-        """Prepare `run.model` (e.g. load the start file into it) and return the trainer's controller."""
+        """Prepare `run.model` (load the start file into it, or replace it by the net the file describes)
+        and return the trainer's controller (None: plain dense training)."""
         return None
 
     def train(self, run: TrainingRun) -> TrainResult:

@@ -11,7 +11,8 @@ state dict saved by the original code (task<k> heads map to the config's k-th ta
 
 The JSON holds the metrics with the original keys (DESIGN.md contract 8), `sparsity` (fraction of
 pruned prunable weights: from the masks when the file has them, else the exact zeros of the weights)
-and `delta_m` (percent, against --baseline-metrics) when a baseline is given. The name is the
+and `delta_m` (percent, against --baseline-metrics) with `delta_m_definition` (the config's
+eval.delta_m_definition: task_mean or metric_mean, docs/METRICS.md) when a baseline is given. The name is the
 network name ({dataset}_{method}_{ratio}, {dataset}_baseline) or, for --checkpoint, the file name
 without `.pth` and without a leading `best_`.
 """
@@ -130,12 +131,17 @@ def run(args: argparse.Namespace) -> dict:
     print(f"evaluating {path} ({kind} checkpoint, sparsity {100 * sparsity:.2f}%) on the {args.split} split")
     loader = build_loader(config, args.split, shuffle=False, distributed=False, train=False)
     progress = {"auto": sys.stderr.isatty(), "on": True, "off": False}[args.progress]
-    metrics = evaluate(model, loader, config, loader.dataset, device, compat=args.compat, progress=progress)
+    if "sn" in config["tasks"]:
+        print(f"normal predictions read in the {loaded['normals_space']} space")
+    metrics = evaluate(model, loader, config, loader.dataset, device, compat=args.compat, progress=progress,
+                       normals_space=loaded["normals_space"])
     metrics["sparsity"] = sparsity
     if baseline is not None:
         from engine.delta_m import delta_m
-        value = delta_m(metrics, baseline)
+        definition = config["eval"]["delta_m_definition"]
+        value = delta_m(metrics, baseline, definition)
         metrics["delta_m"] = value if math.isfinite(value) else float("nan")
+        metrics["delta_m_definition"] = definition
     print(format_table(metrics))
     out = out_dir / f"metrics_{name}.json"
     write_metrics(out, metrics)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -137,10 +138,15 @@ def to_plain(obj: Any) -> Any:
 def load_model_file(path: str | os.PathLike, model: torch.nn.Module, config: Mapping) -> dict:
     """Load weights from one of our checkpoints *or* an original-format state dict into `model`.
 
-    Returns `{"masks": mask set or None, "original": bool, "meta": the checkpoint dict minus model/masks}`.
-    Ours: tasks/num_classes must match the config (one-line CheckpointError otherwise). Anything else
-    goes through `engine.original_import` (the `task<k>` heads map to the config's k-th task).
+    Returns `{"masks": mask set or None, "original": bool, "meta": the checkpoint dict minus model/masks,
+    "normals_space": how the net's sn output is to be read}`. Ours: tasks/num_classes must match the
+    config (one-line CheckpointError otherwise); the normals space is the one recorded in the
+    checkpoint's config (`loss.normals_space`, "decoded" for older files). Anything else goes through
+    `engine.original_import` (the `task<k>` heads map to the config's k-th task; NYUv2-layout nets
+    predict encoded normals). A space that differs from `config`'s is reported with a warning:
+    evaluation follows the checkpoint, but training it with this config would mix the two.
     """
+    from .losses import normals_space_of
     data = read_file(path)
     if is_ours(data):
         if int(data.get("version", 0)) > VERSION:
@@ -151,12 +157,26 @@ def load_model_file(path: str | os.PathLike, model: torch.nn.Module, config: Map
         load_model_state(model, data["model"], source=f"checkpoint {path}")
         masks = data.get("masks")
         meta = {k: v for k, v in data.items() if k not in ("model", "masks", "optimizer")}
-        return {"masks": dict(masks) if masks else None, "original": False, "meta": meta}
-    from .original_import import import_original_state_dict, looks_original
+        space = normals_space_of(meta.get("config") or {})
+        _check_normals_space(path, space, config)
+        return {"masks": dict(masks) if masks else None, "original": False, "meta": meta, "normals_space": space}
+    from .original_import import import_original_state_dict, looks_original, original_normals_space
     state = data.get("state_dict", data) if isinstance(data.get("state_dict"), Mapping) else data
     if not looks_original(state):
         raise CheckpointError(f"{path} is neither a {FORMAT} file nor an original DiSparse state dict")
     own = model.state_dict()
     ours, masks = import_original_state_dict(state, list(config["tasks"]), model_keys=list(own))
     load_model_state(model, ours, source=f"original checkpoint {path}")
-    return {"masks": masks, "original": True, "meta": {"method": None, "tasks": list(config["tasks"])}}
+    space = original_normals_space(config)
+    _check_normals_space(path, space, config)
+    return {"masks": masks, "original": True, "meta": {"method": None, "tasks": list(config["tasks"])},
+            "normals_space": space}
+
+
+def _check_normals_space(path: Any, space: str, config: Mapping) -> None:
+    from .losses import normals_space_of
+    configured = normals_space_of(config)
+    if "sn" in config.get("tasks", ()) and space != configured:
+        warnings.warn(f"{path} predicts normals in the {space} space but the config's loss.normals_space is "
+                      f"{configured}: evaluation reads the checkpoint's space; to train or prune it, pass "
+                      f"--set loss.normals_space={space}", RuntimeWarning, stacklevel=3)

@@ -44,7 +44,7 @@ Dynamic sparse training, and where it deliberately differs from the original cod
 * `disparse`: each task's unweighted loss, one shared forward per slice, one `autograd.grad` per task
   over its pool (backbone + own head). Head layers grow their own task's top-n. Backbone layers let the
   arbiter decide with exact counts: each task ranks the candidates (0 = best); the arbiter's quorum q
-  (`unanimous` = union: q = 1; `majority`: q = floor(T/2) + 1; `intersection`: q = T) orders the
+  (`unanimous` = union: q = 1; `majority`: q = ceil(T/2), as the static arbiter; `intersection`: q = T) orders the
   candidates by their q-th best rank over tasks, i.e. the order in which they enter
   arbiter(top-k_1, ..., top-k_T) as k grows; ties by the sum of ranks, then by flat index. Taking the
   first n gives exactly the original union of per-task top-k sets whenever that union has n elements,

@@ -82,6 +82,31 @@ def test_normals_space_config_reaches_the_loss_and_is_refused_where_the_original
         load_config("taskonomy", overrides=["loss.normals_space=encoded"])
 
 
+def test_normals_space_changes_the_sn_saliency_masks_not_the_seg_ones(nyuv2_samples):
+    """The original's encoded-space loss has other gradients, hence other SNIP masks, for the sn task only."""
+    from dataloaders import build_loader
+    from engine.config import load_config
+    from engine.losses import build_loss
+    from models import build_model
+    from prune_utils.iou import iou
+    from prune_utils.mask_builder import task_masks
+    from prune_utils.saliency import compute_scores
+
+    masks = {}
+    for space in ("decoded", "encoded"):
+        config = load_config("nyuv2", overrides=["model.width_mult=0.0625", "data.num_workers=0", "data.crop_h=64",
+                                                 "data.crop_w=64", f"loss.normals_space={space}"],
+                             data_root=str(nyuv2_samples))
+        loader = build_loader(config, "train", batch_size=3, seed=0)
+        torch.manual_seed(0)
+        scores = compute_scores(build_model(config), loader, build_loss(config, loader.dataset), config["tasks"],
+                                num_batches=1, generator=0)
+        masks[space] = task_masks(scores, 0.1)
+    seg = [iou([masks["decoded"]["seg"][n], masks["encoded"]["seg"][n]]) for n in masks["decoded"]["seg"]]
+    sn = [iou([masks["decoded"]["sn"][n], masks["encoded"]["sn"][n]]) for n in masks["decoded"]["sn"]]
+    assert min(seg) == 1.0 and min(sn) < 0.9
+
+
 def test_checkpoint_normals_convention_original_vs_ours(tmp_path):
     """An original-format NYUv2 state dict predicts encoded normals (recorded, with a warning when the
     config says otherwise); our checkpoints carry their config's space; Taskonomy's original was decoded."""

@@ -390,11 +390,16 @@ def test_all_reduce_single_process_gloo_is_identity(tmp_path):
     before = acc.compute()
     acc.all_reduce()                                            # not initialised: a no-op
     assert acc.compute() == before
+    pooled = MetricAccumulator(TASKS, CLASSES, compat="adashare")    # also gathers the pooled cosines
+    pooled.update(preds, batch)
+    pooled_before = pooled.compute()
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
         acc.all_reduce()
         assert acc.compute() == before
+        pooled.all_reduce()
+        assert pooled.compute() == pooled_before
         empty = MetricAccumulator(TASKS, CLASSES).all_reduce()   # a rank that saw nothing
         assert math.isnan(empty.compute()["sn"]["Angle Median"])
     finally:

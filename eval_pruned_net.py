@@ -11,9 +11,11 @@ compact export, or a state dict saved by the original code (task<k> heads map to
 
 The JSON holds the metrics with the original keys (docs/ARCHITECTURE.md contract 8), `sparsity` (fraction
 of pruned prunable weights: from the masks when the file has them, else the exact zeros of the weights)
-and `delta_m` (percent, against --baseline-metrics) when a baseline is given; an undefined value is
-written as null. The name is the network name ({dataset}_{method}_{ratio}, {dataset}_baseline) or, for
---checkpoint, the file name without `.pth` and without a leading `best_`.
+and, when a baseline is given, `delta_m` (percent, against --baseline-metrics) with `delta_m_definition`
+(the config's eval.delta_m_definition: task_mean or metric_mean, docs/METRICS.md); an undefined value is
+written as null. Normal predictions are read in the space the file records (docs/METRICS.md). The name is
+the network name ({dataset}_{method}_{ratio}, {dataset}_baseline) or, for --checkpoint, the file name
+without `.pth` and without a leading `best_`.
 """
 from __future__ import annotations
 
@@ -82,10 +84,15 @@ def run(args) -> dict:
     kind = "original-format" if loaded.original else (loaded.meta.get("method") or "our")
     print(f"evaluating {path} ({kind} checkpoint, sparsity {100 * sparsity:.2f}%) on the {args.split} split")
     progress = {"auto": sys.stderr.isatty(), "on": True, "off": False}[args.progress]
-    metrics = evaluate_split(model, config, args.split, device, compat=args.compat, progress=progress)
+    if "sn" in config["tasks"]:
+        print(f"normal predictions read in the {loaded.normals_space} space")
+    metrics = evaluate_split(model, config, args.split, device, compat=args.compat, progress=progress,
+                             normals_space=loaded.normals_space)
     metrics["sparsity"] = sparsity
     if baseline is not None:
-        metrics["delta_m"] = delta_m(metrics, baseline)
+        definition = config["eval"]["delta_m_definition"]
+        metrics["delta_m"] = delta_m(metrics, baseline, definition)
+        metrics["delta_m_definition"] = definition
     report_metrics(metrics, out)
     print(f"wrote {out}")
     return metrics

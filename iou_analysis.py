@@ -30,7 +30,9 @@ def build_parser():
                        help="use the per-task keep ratio for which the arbiter's combined mask has R%% sparsity "
                             "(solved on the same scores)")
     add_saliency_arguments(parser, saliency_default_help="the config's pruning.saliency (fresh net) or "
-                                                         "pruning.pt_saliency (--from)")
+                                                         "pruning.pt_saliency (--from)",
+                           num_batches_default_help="the config's analysis.num_batches: 50, Taskonomy 200, "
+                                                    "as the original")
     parser.add_argument("--from", dest="from_ckpt", default=None, metavar="CKPT",
                         help="analyse this pruned checkpoint (must hold masks and the config's tasks): score its "
                              "weights per task and keep, per task, the top --keep-ratio of the weights it kept")
@@ -48,7 +50,7 @@ def run(args) -> dict:
     config = config_from_args(args)
     pruning = config["pruning"]
     scoring = Scoring(method=args.saliency or pruning["pt_saliency" if args.from_ckpt else "saliency"],
-                      num_batches=args.num_batches if args.num_batches is not None else int(pruning["num_batches"]),
+                      num_batches=args.num_batches if args.num_batches is not None else int(config["analysis"]["num_batches"]),
                       batch_size=args.batch_size if args.batch_size is not None else int(pruning["batch_size"]),
                       mode=args.saliency_mode, seed=args.seed, device=select_device(args.device),
                       progress=not args.no_progress)

@@ -87,8 +87,9 @@ def run(args) -> None:
             print(f"trained {files.name}: {result.iteration} iterations, best validation loss "
                   f"{result.best_value:.6g} at iteration {result.best_iteration}")
         if not args.no_final_eval:
-            _, sparsity = load_net(files.checkpoint("best"), run.model, config)
-            metrics = evaluate_split(run.model, config, "test", ctx.device, progress=bool(progress) and ctx.is_main)
+            loaded, sparsity = load_net(files.checkpoint("best"), run.model, config)
+            metrics = evaluate_split(run.model, config, "test", ctx.device, progress=bool(progress) and ctx.is_main,
+                                     normals_space=loaded.normals_space)
             metrics["sparsity"] = sparsity
             if ctx.is_main:
                 print(f"metrics of {files.checkpoint('best')}:")

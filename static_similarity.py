@@ -29,7 +29,7 @@ def build_parser():
                              "sals (CSS, saliency cosine), masked_sals (MCSS, cosine of the masked saliencies)")
     parser.add_argument("--layer_method", "--layer-method", choices=LAYER_METHODS, default="equal",
                         help="layer weighting: equal, linear (l), linear_plus_one (l+1), five_zeros (0 for the first 5 "
-                             "layers), av_sparsity (s_a+s_b), min_sparsity, epi_like (EPI formula on the sparsities); "
+                             "layers), av_sparsity (s_a+s_b), min_sparsity, epi_like (EPI formula on the kept counts); "
                              "sparsities are of the whole layer")
     parser.add_argument("--all", action="store_true",
                         help="compute every (layer_method, sim_method) cell (7 x 4) from the same scores in one run")

@@ -65,9 +65,10 @@ def progress_setting(choice: str) -> bool | None:
 
 
 def add_saliency_arguments(parser: argparse.ArgumentParser, num_batches_default: int | None = None,
-                           saliency_default_help: str = "the config's pruning.saliency") -> None:
+                           saliency_default_help: str = "the config's pruning.saliency",
+                           num_batches_default_help: str = "the config's pruning.num_batches") -> None:
     """The scoring flags shared by create_pruned_net, iou_analysis and static_similarity."""
-    default = ("the config's pruning.num_batches" if num_batches_default is None else num_batches_default)
+    default = num_batches_default_help if num_batches_default is None else num_batches_default
     parser.add_argument("--num_batches", "--num-batches", dest="num_batches", type=int,
                         default=num_batches_default, metavar="N",
                         help=f"train batches to accumulate saliency over (default: {default})")

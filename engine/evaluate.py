@@ -137,25 +137,22 @@ def test_loss(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: t
     return {"loss": mean[0], "losses": dict(zip(names, mean[1:])), "count": int(count)}
 
 
-def _metric_accumulator(config: Mapping, dataset: Any, compat: str | None):
-    from .metrics import MetricAccumulator
-    compat = compat or config.get("eval", {}).get("metrics_compat", "standard")
-    return MetricAccumulator(list(config["tasks"]), list(config["num_classes"]),
-                             ignore_index=getattr(dataset, "ignore_index", 255), compat=compat,
-                             class_weights=getattr(dataset, "class_weights", None))
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, config: Mapping, dataset: Any, device: torch.device,
-             compat: str | None = None, progress: bool = True, precision: str = "fp32") -> dict:
+             compat: str | None = None, progress: bool = True, precision: str = "fp32",
+             normals_space: str | None = None) -> dict:
     """The paper's metrics (docs/ARCHITECTURE.md contract 8) of `model` on `loader`'s split.
 
-    `compat` ("standard" or "adashare") defaults to the config's `eval.metrics_compat`. Under DDP the
-    accumulator's sums are all-reduced, so every rank returns the full-set metrics.
+    `compat` ("standard" or "adashare") defaults to the config's `eval.metrics_compat`;
+    `normals_space` (how the model's sn output is read) to the config's `loss.normals_space` (pass
+    `fileio.load_weights(...).normals_space` for a loaded file). The accumulator comes from
+    `engine.metrics.build_metrics`, like every other evaluation. Under DDP the accumulator's sums are
+    all-reduced, so every rank returns the full-set metrics.
     """
+    from .metrics import build_metrics
     loader = _for_this_rank(loader)
     channels_last = bool(config.get("model", {}).get("channels_last", False))
-    acc = _metric_accumulator(config, dataset, compat)
+    acc = build_metrics(config, dataset, compat=compat, normals_space=normals_space)
     with preserved_rng(), _Mode(model):
         for batch in _progress(loader, "eval", progress):
             batch = move_batch(batch, device, channels_last)

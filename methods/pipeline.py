@@ -69,13 +69,15 @@ def load_net(path: str | Path, model: nn.Module, config: Mapping) -> tuple[Weigh
 
 
 def evaluate_split(model: nn.Module, config: Mapping, split: str, device: torch.device, *,
-                   compat: Optional[str] = None, progress: bool = False) -> dict:
-    """The paper's metrics of `model` on a whole split (sharded across ranks under DDP)."""
+                   compat: Optional[str] = None, progress: bool = False, normals_space: Optional[str] = None) -> dict:
+    """The paper's metrics of `model` on a whole split (sharded across ranks under DDP); `normals_space`:
+    how the net's sn output is read (the loaded file's `Weights.normals_space`; default the config's)."""
     model = model.to(device)
     if config["model"].get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     loader = build_loader(config, split, shuffle=False, distributed=False, train=False)
-    return evaluate(model, loader, config, loader.dataset, device, compat=compat, progress=progress)
+    return evaluate(model, loader, config, loader.dataset, device, compat=compat, progress=progress,
+                    normals_space=normals_space)
 
 
 def report_metrics(metrics: Mapping[str, Any], path: Path) -> None:

@@ -14,7 +14,8 @@ Measures, per backbone layer l (K_{t,l} = task t's keep mask of layer l):
   IoU (docs/ORIGINAL.md §8 quirk, §11.18). Kept only to compare with the published Taskonomy row.
 
 Convention: when the denominator is empty (no task keeps any weight of the layer) the sets are all
-equal (empty), and the IoU is 1.0; `compat` uses the same convention.
+equal (empty), and the IoU is 1.0. `compat` stays the original's number there: 0/0 = NaN (written as
+null in JSON), e.g. a 5-task layer whose every kept weight is kept by 3 or more tasks.
 
 Overall ("Total IoU"): the same ratios pooled over the weights of *all* backbone layers (shortcuts
 included), i.e. the IoU of the whole backbone masks. The unweighted mean over the conv layers is
@@ -35,6 +36,7 @@ picks `backbone.blocks.2.0.conv2` (plot index 16), the layer the paper names.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Mapping, Sequence
@@ -109,9 +111,15 @@ def compat_counts(masks: Sequence[torch.Tensor]) -> tuple[int, int]:
     return two, h[1] + two
 
 
+def _compat_ratio(num: int, den: int) -> float:
+    """The original's integer division: NaN for 0/0."""
+    return num / den if den else math.nan
+
+
 def compat_iou(masks: Sequence[torch.Tensor]) -> float:
-    """#{M=2}/#{M∈{1,2}} (the original's metric); equals `iou` for two masks only."""
-    return _ratio(*compat_counts(masks))
+    """#{M=2}/#{M∈{1,2}} (the original's metric, NaN when no weight is kept by 1 or 2 of the masks);
+    equals `iou` for two masks, except that two empty masks give NaN here and 1.0 there."""
+    return _compat_ratio(*compat_counts(masks))
 
 
 def watershed(profile: Sequence[float]) -> dict[str, Any] | None:
@@ -151,7 +159,7 @@ class LayerIoU:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "index": self.index, "kind": self.kind, "numel": self.numel,
-                "kept": dict(self.kept), "all": self.all, "pairs": dict(self.pairs), "compat": self.compat}
+                "kept": dict(self.kept), "all": self.all, "pairs": dict(self.pairs), "compat": _json_number(self.compat)}
 
 
 @dataclass
@@ -176,12 +184,18 @@ class IoUReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"tasks": list(self.tasks), "pairs": [pair_key(a, b) for a, b in task_pairs(self.tasks)],
-                "layers": [layer.as_dict() for layer in self.layers], "overall": self.overall,
+                "layers": [layer.as_dict() for layer in self.layers],
+                "overall": {**self.overall, "compat": _json_number(self.overall["compat"])},
                 "watershed": self.watershed, "pair_watersheds": self.pair_watersheds,
                 "watershed_rule": WATERSHED_RULE,
                 "compat_note": "compat = #{M=2}/#{M in {1,2}} with M the number of tasks keeping a weight "
                                "(the original's metric; equals the IoU for two tasks only)",
                 "empty_convention": "IoU of empty masks is 1.0"}
+
+
+def _json_number(value: float) -> float | None:
+    """NaN (the original's 0/0) as None, so the report stays valid JSON."""
+    return None if math.isnan(value) else value
 
 
 def _value(layer: LayerIoU, which: str) -> float:
@@ -245,12 +259,12 @@ def analyse(task_masks: Mapping[str, Mapping[str, torch.Tensor]], structure: Tas
             layers.append(LayerIoU(
                 name=name, index=position if kind == "conv" else None, kind=kind, numel=masks[0].numel(),
                 kept={t: int(torch.count_nonzero(task_masks[t][name])) for t in tasks},
-                all=_ratio(inter, union), pairs=pair_values, compat=_ratio(c_num, c_den), counts=counts))
+                all=_ratio(inter, union), pairs=pair_values, compat=_compat_ratio(c_num, c_den), counts=counts))
 
     conv_layers = [layer for layer in layers if layer.kind == "conv"]
     overall = {
         "all": _ratio(*pooled["all"]),
-        "compat": _ratio(*pooled["compat"]),
+        "compat": _compat_ratio(*pooled["compat"]),
         "pairs": {pair_key(a, b): _ratio(*pooled[pair_key(a, b)]) for a, b in pairs},
         "mean_conv": (sum(layer.all for layer in conv_layers) / len(conv_layers)) if conv_layers else None,
         "pooled_over": "all backbone layers, shortcuts included",

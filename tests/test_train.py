@@ -109,7 +109,7 @@ def test_data_stream_resumes_at_any_position(synthetic_root, tmp_path):
     from engine.trainer import DataStream
 
     config = tiny_config(synthetic_root, tmp_path, "--set", "data.batch_size=3")
-    loader = build_loader(config, "train", seed=5)          # 8 images, batch 3, drop_last: 2 batches/epoch
+    loader = build_loader(config, "train", seed=5)          # 8 images, batch 3: 3 batches per epoch
     full = DataStream(loader, seed=5)
     full.start(0)
     reference = []

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Meta-Sparse task similarity (REFERENCE.md §9): how alike the tasks' per-task sparse masks are.
+"""Meta-Sparse task similarity (docs/ORIGINAL.md §9): how alike the tasks' per-task sparse masks are.
 
 For each seed: a fresh net, per-task static SNIP saliency over `--num_batches` train batches (cached
 as npz under `--dump_dir`, reused unless `--force_run`), per-task top-k masks at the keep ratio of each
@@ -11,17 +11,15 @@ Example: python3 static_similarity.py --dataset nyuv2 --num_batches 50 --num_see
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
+from typing import Sequence
 
-import numpy as np
+from engine.cli import add_saliency_arguments, base_parser, run_main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from engine.cli import add_saliency_arguments, base_parser
+def build_parser():
     from prune_utils.similarity import KEEP_RATIO_MODES, LAYER_METHODS, SIM_METHODS
-    parser = base_parser("Meta-Sparse task similarity from per-task sparse masks (REFERENCE.md §9): per-task "
+    parser = base_parser("Meta-Sparse task similarity from per-task sparse masks (docs/ORIGINAL.md §9): per-task "
                          "SNIP masks on fresh nets, compared layer by layer over the backbone.")
     add_saliency_arguments(parser, num_batches_default=5)   # the original's default 5 (its runs used 50)
     parser.add_argument("--num_seeds", "--num-seeds", type=int, default=5,
@@ -31,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "sals (CSS, saliency cosine), masked_sals (MCSS, cosine of the masked saliencies)")
     parser.add_argument("--layer_method", "--layer-method", choices=LAYER_METHODS, default="equal",
                         help="layer weighting: equal, linear (l), linear_plus_one (l+1), five_zeros (0 for the first 5 "
-                             "layers), av_sparsity (s_a+s_b), min_sparsity, epi_like (EPI formula on the sparsities); "
+                             "layers), av_sparsity (s_a+s_b), min_sparsity, epi_like (EPI formula on the kept counts); "
                              "sparsities are of the whole layer")
     parser.add_argument("--all", action="store_true",
                         help="compute every (layer_method, sim_method) cell (7 x 4) from the same scores in one run")
@@ -59,32 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    from prune_utils import similarity as S
-    if args.table_only:
-        path = Path(args.table_json)
-        if not path.is_file():
-            raise FileNotFoundError(f"table file not found: {path}")
-        import json
-        try:
-            table = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"table file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        print(S.format_table(table, args.format or "tsv"))
-        return
-    run(args)
+def print_table(path: str, fmt: str) -> None:
+    from fileio import read_json
+    from prune_utils.similarity import format_table
+
+    print(format_table(read_json(path, "table file", dict), fmt))
 
 
-def run(args: argparse.Namespace) -> dict:
-    from tqdm import tqdm
-
-    from engine.cli import config_from_args
+def run(args) -> None:
+    from engine.config import config_from_args
     from engine.runtime import select_device
+    from methods.analysis import Scoring, similarity_study
     from prune_utils import similarity as S
-    from prune_utils.iou import pair_key
-    from prune_utils.mask_builder import task_masks
 
+    if args.table_only:
+        print_table(args.table_json, args.format or "tsv")
+        return
     if args.dataset is None and args.config is None:
         args.dataset = "nyuv2"             # the original's default
     if args.num_batches < 1:
@@ -94,83 +82,24 @@ def run(args: argparse.Namespace) -> dict:
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}")
     config = config_from_args(args)
-    device = select_device(args.device)
-    tasks = list(config["tasks"])
-    if len(tasks) < 2:
-        raise ValueError(f"task similarity needs at least two tasks, the config has {tasks}")
-    sparsities = S.parse_sparsities(args.sparsities)
-    keep_ratios = [S.keep_ratio_for(r, config, args.keep_ratios) for r in sparsities]
-    method = args.saliency or config["pruning"]["saliency"]
-    batch_size = args.batch_size or config["pruning"]["batch_size"]
-    seeds = [args.seed + s for s in range(args.num_seeds)]
+    scoring = Scoring(method=args.saliency or config["pruning"]["saliency"], num_batches=args.num_batches,
+                      batch_size=args.batch_size or config["pruning"]["batch_size"], mode=args.saliency_mode,
+                      seed=args.seed, device=select_device(args.device), progress=not args.no_progress)
     cells = ([(lm, sm) for lm in S.LAYER_METHODS for sm in S.SIM_METHODS] if args.all
              else [(args.layer_method, args.sim_method)])
-    sim_methods = sorted({sm for _, sm in cells}, key=S.SIM_METHODS.index)
-    show = not args.no_progress
-    out_dir = Path(args.dump_dir) / config["dataset"]
-
-    print(f"tasks {', '.join(tasks)}; sparsities {', '.join(S._label(r) for r in sparsities)} -> per-task keep "
-          f"ratios {', '.join(f'{k:g}' for k in keep_ratios)} ({args.keep_ratios}); {method} saliency, "
-          f"{args.num_batches} batches of {batch_size}, seeds {seeds[0]}..{seeds[-1]}; device {device}")
-    grid: list[list[S.LayerStats]] = []
-    for seed in tqdm(seeds, desc="seeds", disable=not show):
-        scores, computed = S.cached_scores(config, seed=seed, num_batches=args.num_batches, method=method,
-                                           batch_size=batch_size, cache_dir=args.dump_dir, force=args.force_run,
-                                           device=device, progress=show, mode=args.saliency_mode)
-        tqdm.write(f"seed {seed}: saliency {'computed' if computed else 'loaded from cache'} "
-                   f"({S.cache_path(args.dump_dir, S.cache_key(config, seed=seed, num_batches=args.num_batches, method=method, batch_size=batch_size, mode=args.saliency_mode))})")
-        layers = S.backbone_layer_names(scores[tasks[0]])
-        per_ratio = []
-        for keep in tqdm(keep_ratios, desc=f"seed {seed} keep ratios", leave=False, disable=not show):
-            masks = task_masks(scores, keep)
-            per_ratio.append(S.layer_stats({t: masks[t] for t in tasks}, scores, layers, keep, sim_methods))
-            del masks
-        grid.append(per_ratio)
-        del scores
-
-    label = S.sparsity_label(sparsities)
-    results = {}
-    for layer_method, sim_method in cells:
-        matrix = S.similarity_matrix(grid, sim_method, layer_method, args.compat_row_slice)
-        cell = S.table_key(layer_method, sim_method, args.compat_row_slice)
-        entries = {S.entry_key(sparsities, tasks[i], tasks[j]): float(matrix[i, j])
-                   for i in range(len(tasks)) for j in range(i + 1, len(tasks))}
-        S.update_table(args.table_json, cell, entries)
-        per_seed = {str(seed): {pair_key(tasks[i], tasks[j]): S._clean(float(np.mean(
-            [st.score(tasks[i], tasks[j], sim_method, layer_method, args.compat_row_slice) for st in per_ratio])))
-            for i in range(len(tasks)) for j in range(i, len(tasks))} for seed, per_ratio in zip(seeds, grid)}
-        record = {
-            "config": {k: v for k, v in vars(args).items() if k not in ("overrides",)} | {"overrides": args.overrides},
-            "dataset": config["dataset"], "tasks": tasks, "sparsities": sparsities, "keep_ratios": keep_ratios,
-            "keep_ratio_mode": args.keep_ratios, "saliency": method, "saliency_mode": args.saliency_mode, "num_batches": args.num_batches,
-            "batch_size": batch_size, "seeds": seeds, "width_mult": config["model"]["width_mult"],
-            "layer_method": layer_method, "sim_method": sim_method, "compat_row_slice": args.compat_row_slice,
-            "layers": grid[0][0].layers,
-            "sim": {pair_key(tasks[i], tasks[j]): S._clean(float(matrix[i, j]))
-                    for i in range(len(tasks)) for j in range(i, len(tasks))},
-            "matrix": [[S._clean(float(v)) for v in row] for row in matrix],
-            "per_seed": per_seed,
-        }
-        stem = f"sim_{cell}_{label}"
-        S.write_json(out_dir / f"{stem}.json", record)
-        if not args.no_plot:
-            from prune_utils.plots import similarity_heatmap
-            similarity_heatmap(matrix, tasks, out_dir / f"heatmap_{cell}_{label}.png",
-                               title=f"{config['dataset']}: {sim_method}, {layer_method} weighting, "
-                                     f"sparsity {label[1:]} ({args.keep_ratios} keep ratios), {len(seeds)} seed(s)")
-        results[cell] = matrix
-        if len(cells) == 1 or args.format is None:
-            print(f"\n{cell} ({label}):")
-            print(S.format_matrix(matrix, tasks))
-    print(f"\nwrote {args.table_json} and {out_dir}/sim_*_{label}.json" + ("" if args.no_plot else " + heatmaps"))
+    similarity_study(config, scoring, sparsities=S.parse_sparsities(args.sparsities), keep_ratio_mode=args.keep_ratios,
+                     num_seeds=args.num_seeds, cells=cells, dump_dir=args.dump_dir, table_json=args.table_json,
+                     force=args.force_run, compat_row_slice=args.compat_row_slice, plot=not args.no_plot,
+                     show_each=len(cells) == 1 or args.format is None, settings=vars(args))
     if args.format:
-        import json
-        table = json.loads(Path(args.table_json).read_text(encoding="utf-8"))
         print()
-        print(S.format_table(table, args.format))
-    return results
+        print_table(args.table_json, args.format)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(lambda: run(args))
 
 
 if __name__ == "__main__":
-    from engine.cli import run_main
-    run_main(lambda: main(sys.argv[1:]))
+    sys.exit(main())

@@ -7,7 +7,7 @@ backbone, sparse heads), pruned weights zeroed by `apply_masks` as `create_prune
 * dense: our checkpoint (`make_checkpoint` + `atomic_save`), fp32, no masks: the 100 % every row is read against;
 * ours, sparse: the same dict with the pruned weights as zeros plus a bool mask set (1 byte per weight);
 * original: `export_original_state_dict`, the original's `weight_orig` + int32 `weight_mask` pairs;
-* compact: `prune_utils.compact.save_compact` (kept values + deflated bit-packed masks), as written by
+* compact: `fileio.compact.save_compact` (kept values + deflated bit-packed masks), as written by
   `create_pruned_net.py`, plus two variants: pruned zeros of both signs (`w * mask` leaves -0.0 where w < 0;
   the format keeps those bit for bit, at the price of extra position bits) and fp16 values (lossy).
 
@@ -41,9 +41,9 @@ def main() -> None:
     parser.add_argument("--tmpdir", default=None, help="where the files are written (default: the system's temp dir)")
     args = parser.parse_args()
     start(args)                                      # sizes do not depend on the device; the files hold CPU tensors
-    from engine.checkpoint import atomic_save, make_checkpoint
-    from engine.original_import import export_original_state_dict
-    from prune_utils.compact import save_compact
+    from fileio import atomic_save, make_checkpoint
+    from fileio.original import export_original_state_dict
+    from fileio.compact import save_compact
     from prune_utils.mask_builder import masks_for_sparsity
     from prune_utils.masks import apply_masks
 

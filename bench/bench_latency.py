@@ -25,7 +25,7 @@ from common import (base_parser, child_args, fake_batch, interleaved_samples, ma
                     thread_settings, workload)
 import torch
 
-from engine.checkpoint import atomic_save, make_checkpoint
+from fileio import atomic_save, make_checkpoint
 from models import MultiTaskNet, architecture_of
 from models.onnx_export import export_onnx, onnx_session
 from prune_utils.channel_groups import channel_groups

@@ -23,14 +23,13 @@ from common import (SCORE_KINDS, base_parser, interleaved_samples, machine_line,
 import torch
 
 TARGET_SECONDS = 1.5        # developers' guide, full NYUv2 net on 2 cores, search included
-PAPER_KEEP_RATIO = 0.080    # the original's hand-tuned NYUv2 keep ratio for 90 % (REFERENCE.md 5.3)
+PAPER_KEEP_RATIO = 0.080    # the original's hand-tuned NYUv2 keep ratio for 90 % (docs/ORIGINAL.md §5.3)
 
 
 def naive_masks(scores: dict, keep_ratio: float) -> dict[str, torch.Tensor]:
     """The original's way: per-task top-k threshold over the normalised pool (`>=`, ties keep more),
-    heads keep their task's mask, the backbone the union of the tasks' masks. No search. Runs where the
-    scores are (the original keeps them on the GPU)."""
-    from models import SHARED, owner_of
+    heads keep their task's mask, the backbone (the weights in more than one task's pool) the union of
+    the tasks' masks. No search. Runs where the scores are (the original keeps them on the GPU)."""
     masks: dict[str, torch.Tensor] = {}
     for task, pool in scores.items():
         total = sum(s.sum() for s in pool.values())
@@ -39,7 +38,7 @@ def naive_masks(scores: dict, keep_ratio: float) -> dict[str, torch.Tensor]:
         del normalised
         for name, s in pool.items():
             keep = (s / total) >= tau
-            if owner_of(name) == SHARED and name in masks:
+            if name in masks:                       # a backbone weight another task has decided on
                 masks[name] |= keep
             else:
                 masks[name] = keep

@@ -39,20 +39,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_it(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of `fn` in seconds, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def interleaved_samples(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int = 5,
                         warmup: int = 1) -> dict[str, list[float]]:
     """All wall times (s) of several variants measured in alternation, so machine noise hits all alike.
@@ -73,13 +59,6 @@ def interleaved_samples(fns: dict[str, Callable[[], object]], device: torch.devi
             sync(device)
             samples[name].append(time.perf_counter() - start)
     return samples
-
-
-def interleaved_times(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int = 5,
-                      warmup: int = 1) -> dict[str, float]:
-    """Median times of several variants measured in alternation (see `interleaved_samples`)."""
-    samples = interleaved_samples(fns, device, repeats, warmup)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def paired_ratio(samples: Mapping[str, Sequence[float]], a: str, b: str) -> float:
@@ -309,14 +288,14 @@ def random_scores(model: torch.nn.Module, kind: str = "uniform", seed: int = 0) 
     per-layer, per-task log-normal scale, so tasks agree on the backbone through |w| (as SNIP scores do) and
     scores span several orders of magnitude.
     """
-    from models import SHARED, owner_of
     from prune_utils.masks import prunable_parameters
+    from prune_utils.structure import TaskStructure
     if kind not in SCORE_KINDS:
         raise ValueError(f"unknown score kind {kind!r} (expected one of {', '.join(SCORE_KINDS)})")
     g = torch.Generator().manual_seed(seed)
     shapes = {n: tuple(p.shape) for n, p in prunable_parameters(model).items()}
-    tasks = list(model.task_names)
-    pools = {t: [n for n in shapes if owner_of(n) in (SHARED, t)] for t in tasks}
+    structure = TaskStructure.from_model(model)
+    pools = {t: list(structure.pool(t)) for t in structure.tasks}
     magnitude: dict[str, torch.Tensor] = {}
     if kind == "snip-like":
         for name, shape in shapes.items():

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, get_worker_info
 from .transforms import MapSpec, augment
 from .errors import DataError
 
-# Caffe ImageNet mean, BGR order (REFERENCE.md §2.1)
+# Caffe ImageNet mean, BGR order (docs/ORIGINAL.md §2.1)
 IMG_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], dtype=np.float32)
 DEPTH_MIN_VALID = 3e-5
 DENSE_INVALID = 255.0

@@ -30,6 +30,8 @@ from .nyuv2 import NYUv2
 from .taskonomy import Taskonomy
 
 DATASET_NAMES = ("nyuv2", "cityscapes", "taskonomy", "synthetic")
+# Taskonomy loader semantics when a config has no `taskonomy` section (the original's: class0, keep, nearest).
+TASKONOMY_DEFAULTS = {"unlabelled": "ignore", "normals_where_depth_invalid": "mask", "rgb_interpolation": "area"}
 
 
 def _seed_words(seed: int) -> list[int]:
@@ -151,9 +153,11 @@ def build_dataset(config: Mapping[str, Any], split: str, train: bool | None = No
     """The dataset named by `config["dataset"]` at `config["data_root"]`, split `split`.
 
     Train augmentation iff `train` (default: `split` starts with "train"), cropping to
-    `data.crop_h` x `data.crop_w`; `data.mirror_normals` controls the normal sign flip. For
-    `synthetic` the data is generated into `data_root` first if it is not there yet. The config's tasks
-    must be ones the dataset provides.
+    `data.crop_h` x `data.crop_w`; `data.mirror_normals` controls the normal sign flip. Taskonomy maps
+    are resized to `data.image_shape` (the evaluation size, as the original's IMAGE_SHAPE) and follow the
+    optional `taskonomy` section (`unlabelled`, `normals_where_depth_invalid`, `rgb_interpolation`;
+    `TASKONOMY_DEFAULTS` when absent). For `synthetic` the data is generated into `data_root` first if
+    it is not there yet. The config's tasks must be ones the dataset provides.
     """
     name = config.get("dataset")
     if name not in DATASET_NAMES:
@@ -174,7 +178,11 @@ def build_dataset(config: Mapping[str, Any], split: str, train: bool | None = No
     elif name == "cityscapes":
         dataset = CityScapes(root, split, crop_h, crop_w, num_class=_seg_classes(config, 19), **common)
     elif name == "taskonomy":
-        dataset = Taskonomy(root, split, crop_h, crop_w, **common)
+        options = {**TASKONOMY_DEFAULTS, **(config.get("taskonomy") or {})}
+        dataset = Taskonomy(root, split, crop_h, crop_w, image_size=tuple(data.get("image_shape", (256, 256))),
+                            unlabelled_to_class0=options["unlabelled"] == "class0",
+                            normals_where_depth_invalid=options["normals_where_depth_invalid"],
+                            rgb_interpolation=options["rgb_interpolation"], **common)
     else:
         from .synthetic import ensure_synthetic
         root = ensure_synthetic(config)
@@ -193,9 +201,10 @@ def build_loader(config: Mapping[str, Any], split: str, *, batch_size: int | Non
                  train: bool | None = None) -> DataLoader:
     """A deterministic DataLoader over `build_dataset(config, split, train)`.
 
-    Defaults: batch size `data.batch_size` for train splits, else `data.test_batch_size`; shuffle and
-    drop_last as train (drop_last only while the split holds at least one full batch, so a tiny train
-    split still yields a batch); `data.num_workers` workers. `distributed=True` shards with a
+    Defaults: batch size `data.batch_size` for train splits, else `data.test_batch_size`; shuffle as
+    train; drop_last = `data.drop_last` for train splits (false, as the original, when the key is
+    absent; only while the split holds at least one full batch, so a tiny train split still yields a
+    batch), never for evaluation splits; `data.num_workers` workers. `distributed=True` shards with a
     `DistributedSampler` over the initialised process group; call `loader.sampler.set_epoch(e)` (or
     `dataloaders.set_epoch`) per epoch as usual. Batches: dicts of stacked tensors plus `name` (list).
     """
@@ -217,7 +226,7 @@ def build_loader(config: Mapping[str, Any], split: str, *, batch_size: int | Non
         sampler = SeededSampler(dataset, shuffle=shuffle, seed=seed)
         per_rank = len(dataset)
     if drop_last is None:
-        drop_last = is_train and per_rank >= batch_size
+        drop_last = is_train and bool(data.get("drop_last", False)) and per_rank >= batch_size
     generator = torch.Generator()
     generator.manual_seed(int(seed) % 2**63)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,

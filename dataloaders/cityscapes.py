@@ -1,4 +1,4 @@
-"""Cityscapes in AdaShare's formatted `.npy` layout (REFERENCE.md §2.3).
+"""Cityscapes in AdaShare's formatted `.npy` layout (docs/ORIGINAL.md §2.3).
 
 Root layout: `cityscape.json` (no "s") maps split names to 5-tuples `(img, depth, label2, label7,
 label19)` of `.npy` paths relative to the root. Formats: image HxWx3 RGB float in [0, 1] (a uint8

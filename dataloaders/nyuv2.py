@@ -1,4 +1,4 @@
-"""NYUv2 in the AdaShare on-disk layout (REFERENCE.md §2.2); also reads the synthetic scenes.
+"""NYUv2 in the AdaShare on-disk layout (docs/ORIGINAL.md §2.2); also reads the synthetic scenes.
 
 Root layout: `nyu_v2_3task.json` maps split names (`train`, `test`, ...) to entries
 `[img, seg, normal, depth]` of paths relative to the root: `img/<id>.png` (8-bit RGB), `seg/<id>.png`

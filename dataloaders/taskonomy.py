@@ -1,4 +1,4 @@
-"""Tiny-Taskonomy in the AdaShare layout (REFERENCE.md §2.4), 5 tasks.
+"""Tiny-Taskonomy in the AdaShare layout (docs/ORIGINAL.md §2.4), 5 tasks.
 
 Root layout: `taskonomy.json` maps split names (`train`, `test`, `test_small`, ...) to 6-tuples
 `(rgb, segment_semantic, normal, depth_zbuffer, keypoints2d, edge_texture)` of PNG paths relative to
@@ -13,7 +13,8 @@ Decoding (every map first resized to `image_size`, 256x256 by default; labels wi
 rgb -> BGR 0..255 (resized with area averaging, or nearest with `rgb_interpolation="nearest"` as in
 the original); seg raw r -> class r - 1 (0..16), raw 0 (unlabelled) -> 255 = ignore (the original
 trains it as class 0: `unlabelled_to_class0=True`); normal RGB -> 2v/255 - 1 (channel 0 = x), zeroed
-where depth is invalid; depth z-buffer d -> log(1 + d) / log(2^16), invalid (d >= 64500) -> 0;
+(invalid) where depth is invalid with `normals_where_depth_invalid="mask"`, kept as the original with
+"keep"; depth z-buffer d -> log(1 + d) / log(2^16), invalid (d >= 64500) -> 0;
 keypoint /2^16 clipped to [0, 0.005] and edge /2^16 clipped to [0, 0.08], each mapped linearly to
 [-1, 1]. Train mirror negates n_x (as the original). Padded label pixels: seg 255, normal 0, depth 0,
 keypoint/edge 255. Unlike the original, a sample whose file fails to load raises a DataError instead of
@@ -67,10 +68,13 @@ class Taskonomy(DenseDataset):
     def __init__(self, root: str | os.PathLike, split: str, crop_h: int | None = None, crop_w: int | None = None,
                  *, mirror_normals: bool = True, path_rewrite: bool | None = None,
                  image_size: tuple[int, int] | None = (256, 256), unlabelled_to_class0: bool = False,
-                 rgb_interpolation: str = "area", seed: int | None = None,
-                 check_files: bool | None = None) -> None:
+                 rgb_interpolation: str = "area", normals_where_depth_invalid: str = "mask",
+                 seed: int | None = None, check_files: bool | None = None) -> None:
         if rgb_interpolation not in ("area", "nearest"):
             raise DataError(f"rgb_interpolation must be 'area' or 'nearest', got {rgb_interpolation!r}")
+        if normals_where_depth_invalid not in ("mask", "keep"):
+            raise DataError(f"normals_where_depth_invalid must be 'mask' or 'keep', got {normals_where_depth_invalid!r}")
+        self.mask_normals = normals_where_depth_invalid == "mask"
         self.path_rewrite = path_rewrite
         self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         self.unlabelled_to_class0 = bool(unlabelled_to_class0)
@@ -122,7 +126,8 @@ class Taskonomy(DenseDataset):
         raw_depth = self._resize_label(raw_depth)
         valid = raw_depth < DEPTH_INVALID_RAW
         depth = np.where(valid, np.log1p(raw_depth.astype(np.float32)) / math.log(2.0 ** 16), 0.0).astype(np.float32)
-        normal[~valid] = 0.0
+        if self.mask_normals:
+            normal[~valid] = 0.0
         keypoint = _to_unit(self._single(read_image(key_p, cv2.IMREAD_UNCHANGED)), KEYPOINT_CLIP)
         edge = _to_unit(self._single(read_image(edge_p, cv2.IMREAD_UNCHANGED)), EDGE_CLIP)
         return {"img": bgr.astype(np.float32), "seg": seg, "normal": normal, "depth": depth,

@@ -1,4 +1,4 @@
-"""Train-time augmentation, written once over a dict of named maps (REFERENCE.md §2.1).
+"""Train-time augmentation, written once over a dict of named maps (docs/ORIGINAL.md §2.1).
 
 Every map of a sample (the image and each label map, HxW or HxWxC numpy arrays of one common size)
 goes through the same three steps with the same random draws:
@@ -7,7 +7,7 @@ goes through the same three steps with the same random draws:
    every label map with nearest neighbour;
 2. horizontal mirror with probability 0.5; a map flagged as a normal map also has its x component
    (channel 0) negated when `mirror_normals` is true. `mirror_normals=False` reproduces the original
-   NYUv2 loader, which flips the normal map but leaves n_x as it was (REFERENCE.md §2.2, "mirror
+   NYUv2 loader, which flips the normal map but leaves n_x as it was (docs/ORIGINAL.md §2.2, "mirror
    without normal sign flip"): half of its training normals are then mirror images of the truth;
 3. pad-then-random-crop to the crop size: a map smaller than the crop is padded symmetrically
    (centred), padded pixels take the map's `pad` value (the image 0, i.e. -mean after mean

@@ -1,8 +1,10 @@
-"""Shared command-line plumbing: the common flags every script takes, config loading, clean errors.
+"""What every command-line tool shares: the common flags, argument types, --progress, clean errors.
 
-Every entry point builds its parser with `base_parser`, then calls `run_main(main)` so that a
-user error (a `ValueError` subclass or a missing file) ends as one line on stderr and exit code 2,
-never as a traceback.
+Every entry point builds its parser with `base_parser` and ends in `run_main`, so that a user error (a
+`ValueError` subclass such as `ConfigError`, `CheckpointError`, `DataError`, or a missing file) ends as
+one line `error: <message>` on stderr and exit status 2, never as a traceback. The tools' `main(argv)`
+returns 0 on success and, like argparse for a bad flag, raises `SystemExit(2)` on a user error, so
+scripts and tests can call them in-process.
 """
 from __future__ import annotations
 
@@ -10,7 +12,14 @@ import argparse
 import sys
 from typing import Callable
 
-from .config import DATASETS, load_config
+from .config import add_config_arguments
+
+PROGRESS_CHOICES = ("auto", "on", "off")
+SALIENCY_MODES = ("batch_stats", "train", "eval")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the description's layout (the tools' docstrings) and show every default."""
 
 
 def percent(value: str) -> float:
@@ -35,54 +44,31 @@ def unit_fraction(value: str) -> float:
     return number
 
 
-def ratio_label(ratio: float) -> str:
-    """File-name form of a ratio: `90` for 90.0, `92.5` otherwise (the original names use ints)."""
-    return str(int(ratio)) if float(ratio).is_integer() else f"{ratio:g}"
-
-
 def base_parser(description: str) -> argparse.ArgumentParser:
-    """Flags every script shares (DESIGN.md contract 6)."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--dataset", choices=DATASETS, default=None,
-                        help="dataset name; loads configs/<dataset>.yaml")
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="config YAML to use instead of configs/<dataset>.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, dotted keys, YAML-typed (e.g. --set train.lr=1e-4); repeatable")
-    parser.add_argument("--data-root", default=None, metavar="DIR",
-                        help="dataset root; overrides $DISPARSE_DATA and the config's data_root")
+    """A parser with the flags every tool takes (docs/ARCHITECTURE.md contract 6)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    add_config_arguments(parser)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to run; auto picks CUDA when available")
     parser.add_argument("--seed", type=int, default=0, help="seed for Python, NumPy, torch and the data order")
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> dict:
-    return load_config(dataset=args.dataset, config_file=args.config, overrides=args.overrides,
-                       data_root=args.data_root)
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", choices=PROGRESS_CHOICES, default="auto",
+                        help="tqdm progress bars: auto = only when stderr is a terminal")
 
 
-def run_main(main: Callable[[], object]) -> None:
-    """Run `main`; turn user errors into `error: <one line>` on stderr and exit status 2."""
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-SALIENCY_MODES = ("batch_stats", "train", "eval")
+def progress_setting(choice: str) -> bool | None:
+    """--progress as the tri-state the library takes: None = a bar when stderr is a terminal."""
+    return {"auto": None, "on": True, "off": False}[choice]
 
 
 def add_saliency_arguments(parser: argparse.ArgumentParser, num_batches_default: int | None = None,
-                           saliency_default_help: str = "the config's pruning.saliency") -> None:
+                           saliency_default_help: str = "the config's pruning.saliency",
+                           num_batches_default_help: str = "the config's pruning.num_batches") -> None:
     """The scoring flags shared by create_pruned_net, iou_analysis and static_similarity."""
-    default = ("the config's pruning.num_batches" if num_batches_default is None else num_batches_default)
+    default = num_batches_default_help if num_batches_default is None else num_batches_default
     parser.add_argument("--num_batches", "--num-batches", dest="num_batches", type=int,
                         default=num_batches_default, metavar="N",
                         help=f"train batches to accumulate saliency over (default: {default})")
@@ -95,3 +81,17 @@ def add_saliency_arguments(parser: argparse.ArgumentParser, num_batches_default:
                         choices=SALIENCY_MODES, default="batch_stats",
                         help="network mode while scoring: batch_stats = batch-statistic BN, no dropout "
                              "(deterministic); train = the original's (dropout on, seeded); eval = running BN stats")
+
+
+def run_main(main: Callable[[], object]) -> int:
+    """Run `main`; 0 on success. A user error prints `error: <one line>` and exits 2; Ctrl-C exits 130."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return 0

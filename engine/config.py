@@ -6,12 +6,16 @@ a typo or a wrong type fails at start-up with the key's dotted name rather than 
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import os
+import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
+
+from fileio.normals import ENCODED_NORMALS_DATASETS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -32,7 +36,8 @@ SCHEMA: dict[str, Any] = {
     "dataset": str, "data_root": _OPT_STR, "tasks": list, "num_classes": list, "loss_weights": list,
     "model.width_mult": _NUM, "model.channels_last": bool,
     "data.crop_h": int, "data.crop_w": int, "data.image_shape": list, "data.batch_size": int,
-    "data.test_batch_size": int, "data.num_workers": int, "data.mirror_normals": bool,
+    "data.test_batch_size": int, "data.num_workers": int, "data.mirror_normals": bool, "data.drop_last": bool,
+    "loss.normals_space": str,
     "train.max_iters": int, "train.lr": _NUM, "train.weight_decay": _NUM, "train.lr_decay_every": int,
     "train.lr_decay_rate": _NUM, "train.val_every": int, "train.save_every": int, "train.log_every": int,
     "train.precision": str,
@@ -41,13 +46,18 @@ SCHEMA: dict[str, Any] = {
     "pruning.num_batches": int, "pruning.batch_size": int, "pruning.saliency": str, "pruning.pt_saliency": str,
     "pruning.arbiter": str, "pruning.iou_keep_ratio": _NUM, "pruning.paper_keep_ratios": dict,
     "lth.rounds": int, "lth.rewind_iter": int, "lth.iters_per_round": int,
-    "eval.metrics_compat": str,
+    "analysis.num_batches": int,
+    "eval.metrics_compat": str, "eval.delta_m_definition": str,
+    "taskonomy.unlabelled": str, "taskonomy.normals_where_depth_invalid": str, "taskonomy.rgb_interpolation": str,
     "synthetic.n_train": int, "synthetic.n_test": int, "synthetic.size": list, "synthetic.seed": int,
 }
-OPTIONAL_SECTIONS = ("synthetic",)
+OPTIONAL_SECTIONS = ("synthetic", "taskonomy")
 CHOICES = {
     "dataset": DATASETS, "train.precision": ("fp32", "bf16", "amp"),
-    "eval.metrics_compat": ("standard", "adashare"),
+    "eval.metrics_compat": ("standard", "adashare"), "eval.delta_m_definition": ("task_mean", "metric_mean"),
+    "loss.normals_space": ("decoded", "encoded"),
+    "taskonomy.unlabelled": ("ignore", "class0"), "taskonomy.normals_where_depth_invalid": ("mask", "keep"),
+    "taskonomy.rgb_interpolation": ("area", "nearest"),
 }
 
 
@@ -113,8 +123,12 @@ def validate(config: Mapping) -> None:
     shape = config["data"]["image_shape"]
     if len(shape) != 2 or not all(isinstance(s, int) and s > 0 for s in shape):
         raise ConfigError(f"config key 'data.image_shape' must be [height, width], got {shape}")
+    if flat["loss.normals_space"] == "encoded" and config["dataset"] not in ENCODED_NORMALS_DATASETS:
+        raise ConfigError(f"config key 'loss.normals_space': 'encoded' exists only for datasets whose original "
+                          f"normals were encoded PNGs ({', '.join(ENCODED_NORMALS_DATASETS)}); "
+                          f"{config['dataset']} normals are already decoded in the original")
     for key in ("data.crop_h", "data.crop_w", "data.batch_size", "data.test_batch_size", "train.max_iters",
-                "pruning.num_batches", "pruning.batch_size", "dynamic.interval", "dynamic.growth_splits"):
+                "pruning.num_batches", "analysis.num_batches", "pruning.batch_size", "dynamic.interval", "dynamic.growth_splits"):
         if flat[key] <= 0:
             raise ConfigError(f"config key {key!r} must be positive, got {flat[key]}")
     if not 0 < flat["model.width_mult"] <= 4:
@@ -196,17 +210,38 @@ def loss_weights(config: Mapping) -> dict[str, float]:
     return {t: float(w) for t, w in zip(config["tasks"], config["loss_weights"])}
 
 
-def main() -> None:
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose and adjust a config: --dataset, --config, --set, --data-root."""
+    parser.add_argument("--dataset", choices=DATASETS, default=None,
+                        help="dataset name; loads configs/<dataset>.yaml")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="config YAML to use instead of configs/<dataset>.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, dotted keys, YAML-typed (e.g. --set train.lr=1e-4); repeatable")
+    parser.add_argument("--data-root", default=None, metavar="DIR",
+                        help="dataset root; overrides $DISPARSE_DATA and the config's data_root")
+
+
+def config_from_args(args: argparse.Namespace) -> dict:
+    """The config `add_config_arguments`' flags describe."""
+    return load_config(dataset=args.dataset, config_file=args.config, overrides=args.overrides,
+                       data_root=args.data_root)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """`python -m engine.config --dataset NAME [--set k=v]`: print the resolved, validated config."""
-    from .cli import base_parser, config_from_args, run_main
-
-    parser = base_parser("Print the resolved configuration (after --set overrides and data-root resolution).")
-
-    def show() -> None:
-        print(yaml.safe_dump(config_from_args(parser.parse_args()), sort_keys=False), end="")
-
-    run_main(show)
+    parser = argparse.ArgumentParser(description="Print the resolved configuration (after --set overrides and "
+                                                 "data-root resolution).")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:          # the one error a config can have: one line, exit 2 (as every tool)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(config, sort_keys=False), end="")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

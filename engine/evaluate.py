@@ -101,7 +101,7 @@ def test_loss(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: t
     """Weighted multi-task loss over a whole split, batch-size-weighted, summed across ranks.
 
     Returns `{"loss": float, "losses": {task: float}, "count": n_images}`. This is what training uses
-    to select `best_` checkpoints (the original did it on the test split: REFERENCE.md 7.1).
+    to select `best_` checkpoints (the original did it on the test split: docs/ORIGINAL.md §7.1).
     """
     loader = _for_this_rank(loader)
     total = None
@@ -137,25 +137,22 @@ def test_loss(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: t
     return {"loss": mean[0], "losses": dict(zip(names, mean[1:])), "count": int(count)}
 
 
-def _metric_accumulator(config: Mapping, dataset: Any, compat: str | None):
-    from .metrics import MetricAccumulator
-    compat = compat or config.get("eval", {}).get("metrics_compat", "standard")
-    return MetricAccumulator(list(config["tasks"]), list(config["num_classes"]),
-                             ignore_index=getattr(dataset, "ignore_index", 255), compat=compat,
-                             class_weights=getattr(dataset, "class_weights", None))
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, config: Mapping, dataset: Any, device: torch.device,
-             compat: str | None = None, progress: bool = True, precision: str = "fp32") -> dict:
-    """The paper's metrics (DESIGN.md contract 8) of `model` on `loader`'s split.
+             compat: str | None = None, progress: bool = True, precision: str = "fp32",
+             normals_space: str | None = None) -> dict:
+    """The paper's metrics (docs/ARCHITECTURE.md contract 8) of `model` on `loader`'s split.
 
-    `compat` ("standard" or "adashare") defaults to the config's `eval.metrics_compat`. Under DDP the
-    accumulator's sums are all-reduced, so every rank returns the full-set metrics.
+    `compat` ("standard" or "adashare") defaults to the config's `eval.metrics_compat`;
+    `normals_space` (how the model's sn output is read) to the config's `loss.normals_space` (pass
+    `fileio.load_weights(...).normals_space` for a loaded file). The accumulator comes from
+    `engine.metrics.build_metrics`, like every other evaluation. Under DDP the accumulator's sums are
+    all-reduced, so every rank returns the full-set metrics.
     """
+    from .metrics import build_metrics
     loader = _for_this_rank(loader)
     channels_last = bool(config.get("model", {}).get("channels_last", False))
-    acc = _metric_accumulator(config, dataset, compat)
+    acc = build_metrics(config, dataset, compat=compat, normals_space=normals_space)
     with preserved_rng(), _Mode(model):
         for batch in _progress(loader, "eval", progress):
             batch = move_batch(batch, device, channels_last)
@@ -165,17 +162,3 @@ def evaluate(model: nn.Module, loader: DataLoader, config: Mapping, dataset: Any
     if is_dist():
         acc.all_reduce()
     return acc.compute()
-
-
-def write_metrics(path, metrics: Mapping[str, Any]) -> None:
-    """Write a metrics dict as JSON atomically (temporary file, then rename)."""
-    import json
-    import os
-    from pathlib import Path
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(metrics, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)

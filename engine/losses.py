@@ -1,4 +1,4 @@
-"""Per-task training losses (REFERENCE.md §3) and their weighted multitask sum.
+"""Per-task training losses (docs/ORIGINAL.md §3) and their weighted multitask sum.
 
 The ground truth is nearest-resized (legacy `F.interpolate` nearest) down to the prediction's size;
 predictions are never upsampled for the loss. Validity comes from `engine.targets.valid_mask`.
@@ -6,7 +6,7 @@ predictions are never upsampled for the loss. Validity comes from `engine.target
 | task | loss |
 |---|---|
 | seg | cross-entropy over valid pixels (`!= ignore_index`), optional class weights: Σ w_y·nll / Σ w_y, as `F.cross_entropy` |
-| sn | 1 − mean over valid pixels of cos(normalize(pred), normalize(gt)) |
+| sn | 1 − mean over valid pixels of cos(normalize(pred), normalize(gt)); with `normals_space="encoded"` (the original's NYUv2 loss) gt is the encoded B, G, R 0..255 vector (valid iff its largest channel < 255, the original's rule) and pred is read in that space |
 | depth, keypoint, edge | mean |pred − gt| over valid pixels |
 
 A batch with no valid pixel for a task gives 0 (a tensor still connected to the prediction, so
@@ -20,7 +20,9 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .targets import TARGET_KEY, get_target, resize_nearest, valid_mask
+from fileio.normals import normals_space_of
+
+from .targets import NORMALS_SPACES, TARGET_KEY, encoded_normals_target, get_target, resize_nearest, valid_mask
 
 DEFAULT_IGNORE_INDEX = {"cityscapes": -1}
 
@@ -42,10 +44,16 @@ class TaskLoss:
     """Unweighted single-task loss: `loss(task, pred, batch) -> scalar tensor`.
 
     This is the term pruning (saliency, gradient growth) uses for one task, the λ weight left out
-    (REFERENCE.md §3, the DiSparse single-task variant). An unknown task is a ValueError.
+    (docs/ORIGINAL.md §3, the DiSparse single-task variant). An unknown task is a ValueError.
+    `normals_space`: "decoded" (ours: the sn head predicts x, y, z) or "encoded" (the original's NYUv2
+    loss: the head's output is a direction in the PNG's encoded B, G, R space, compared with the raw
+    8-bit target vector; its gradients, hence its saliency masks, differ from the decoded loss).
     """
 
-    def __init__(self, ignore_index: int = 255, class_weights: Any = None) -> None:
+    def __init__(self, ignore_index: int = 255, class_weights: Any = None, normals_space: str = "decoded") -> None:
+        if normals_space not in NORMALS_SPACES:
+            raise ValueError(f"unknown normals space {normals_space!r} (expected one of {', '.join(NORMALS_SPACES)})")
+        self.normals_space = normals_space
         self.ignore_index = int(ignore_index)
         self.class_weights = _as_weights(class_weights)
         self._weights_on: dict[tuple, torch.Tensor] = {}
@@ -69,7 +77,10 @@ class TaskLoss:
         if task == "seg":
             return self._seg(pred, target, valid)
         if task == "sn":
-            cos = (F.normalize(pred, dim=1) * F.normalize(target.float(), dim=1)).sum(dim=1, keepdim=True)
+            target = target.float()
+            if self.normals_space == "encoded":
+                target, valid = encoded_normals_target(target)
+            cos = (F.normalize(pred, dim=1) * F.normalize(target, dim=1)).sum(dim=1, keepdim=True)
             return _masked_mean(1.0 - cos, valid)
         if pred.shape[1] != target.shape[1]:
             raise ValueError(f"task {task!r}: prediction has {pred.shape[1]} channels, target {target.shape[1]}")
@@ -99,7 +110,7 @@ class MultiTaskLoss:
     """
 
     def __init__(self, tasks: Sequence[str], weights: Sequence[float], ignore_index: int = 255,
-                 class_weights: Any = None) -> None:
+                 class_weights: Any = None, normals_space: str = "decoded") -> None:
         tasks = list(tasks)
         if len(tasks) != len(weights):
             raise ValueError(f"MultiTaskLoss: {len(tasks)} tasks but {len(weights)} weights")
@@ -108,7 +119,7 @@ class MultiTaskLoss:
                 raise ValueError(f"unknown task {task!r} (expected one of {', '.join(TARGET_KEY)})")
         self.tasks = tasks
         self.weights = {t: float(w) for t, w in zip(tasks, weights)}
-        self.task_loss = TaskLoss(ignore_index, class_weights)
+        self.task_loss = TaskLoss(ignore_index, class_weights, normals_space)
 
     @property
     def ignore_index(self) -> int:
@@ -132,10 +143,12 @@ class MultiTaskLoss:
 
 
 def build_loss(config: Mapping[str, Any], dataset: Any = None) -> MultiTaskLoss:
-    """The multitask loss of a resolved config: tasks and `loss_weights` from the config,
-    `ignore_index` / `class_weights` from the dataset object's attributes (when `dataset` is None:
+    """The multitask loss of a resolved config: tasks, `loss_weights` and `loss.normals_space` from the
+    config, `ignore_index` / `class_weights` from the dataset object's attributes (when `dataset` is None:
     −1 for Cityscapes, 255 otherwise, no class weights)."""
     default_ignore = DEFAULT_IGNORE_INDEX.get(config.get("dataset"), 255)
     ignore_index = getattr(dataset, "ignore_index", default_ignore) if dataset is not None else default_ignore
     class_weights = getattr(dataset, "class_weights", None) if dataset is not None else None
-    return MultiTaskLoss(config["tasks"], config["loss_weights"], ignore_index, class_weights)
+    return MultiTaskLoss(config["tasks"], config["loss_weights"], ignore_index, class_weights,
+                         normals_space=normals_space_of(config))
+

@@ -1,9 +1,9 @@
-"""Evaluation metrics (REFERENCE.md §4), accumulated as sufficient statistics.
+"""Evaluation metrics (docs/ORIGINAL.md §4), accumulated as sufficient statistics.
 
 `MetricAccumulator` keeps only sums and counts (a confusion matrix, error sums, pixel counts, a fixed
 histogram of normal angles), so partial results from several batches, processes or DDP ranks add up:
 `merge()` adds another accumulator's state and `all_reduce()` sums over a `torch.distributed` group.
-`compute()` turns the statistics into the metrics dict with the original keys (DESIGN.md contract 8).
+`compute()` turns the statistics into the metrics dict with the original keys (docs/ARCHITECTURE.md contract 8).
 
 Two definitions (`compat`), documented in docs/METRICS.md:
 
@@ -13,13 +13,21 @@ Two definitions (`compat`), documented in docs/METRICS.md:
 * `adashare`: the original's quirks, to match published numbers: nearest resize, mIoU over classes
   with TP > 0 only, per-batch pixel accuracy / seg err / depth abs & rel err / keypoint & edge err
   averaged with batch-size weights, Cityscapes −1 pixels counted in pixel accuracy (valid = gt < C),
-  a negative depth prediction counted within δ, and (with `normals_encoded=True`) normal angles
-  measured in the PNG-encoded space (n+1)·127.5.
+  a negative depth prediction counted within δ, (with `normals_encoded=True`) normal angles
+  measured in the PNG-encoded space (a pixel with any channel at 255 invalid, the original's rule there),
+  cosines in float32 and the exact Angle Median of all pooled
+  angles (the original's float32 pipeline).
+
+`normals_space="encoded"` says the predictions are the original's (a direction in encoded B, G, R
+space: an imported original NYUv2 net, or one trained with `loss.normals_space: encoded`); their
+angles are measured in that space in both definitions, since no decoded normal can be recovered from
+such a direction (docs/METRICS.md).
 
 Units as the original: mIoU and Pixel Acc are fractions in [0, 1]; the Angle thresholds and the
 sigma (δ) values are percentages in [0, 100]; angles in degrees; errors in the target's units.
-Angle Median comes from a histogram with `angle_bin_deg` (0.01°) bins, bin centres, so it is within
-half a bin (0.005°) of the exact median.
+In `standard`, Angle Median comes from a histogram with `angle_bin_deg` (0.01°) bins, bin centres, so
+it is within half a bin (0.005°) of the exact median and the state stays small; `adashare` keeps every
+valid pixel's cosine (as the original did) and reports the exact median.
 """
 from __future__ import annotations
 
@@ -29,7 +37,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .targets import TARGET_KEY, get_target, valid_mask
+from fileio.normals import ENCODED_NORMALS_DATASETS, normals_space_of
+
+from .losses import DEFAULT_IGNORE_INDEX
+from .targets import NORMALS_SPACES, TARGET_KEY, encode_normals, encoded_normals_target, get_target, valid_mask
 
 COMPAT_MODES = ("standard", "adashare")
 ANGLE_THRESHOLDS = (11.25, 22.5, 30.0, 45.0)
@@ -50,7 +61,7 @@ METRIC_UNITS: dict[str, dict[str, str]] = {
     "keypoint": {"err": ""},
     "edge": {"err": ""},
 }
-ENCODED_NORMAL_DATASETS = ("nyuv2", "synthetic")
+POOLED_KEYS = ("sn.cos",)      # variable-length states (concatenated, not summed)
 
 _I64, _F64 = torch.int64, torch.float64
 
@@ -64,14 +75,16 @@ class MetricAccumulator:
 
     `num_classes`: a dict task -> channels or a list aligned with `tasks` (only `seg` uses it).
     `class_weights`: per-class weights for the seg `err` (cross-entropy), as in the loss.
-    `normals_encoded`: with `compat="adashare"` only, measure normal angles in the encoded space
-    (n+1)·127.5 of the original NYUv2 PNGs (set it for nyuv2 / synthetic; `build_metrics` does).
+    `normals_encoded`: the dataset's normals were encoded PNGs in the original (nyuv2 / synthetic;
+    `build_metrics` sets it): with `compat="adashare"`, angles are measured in that encoded space.
+    `normals_space`: how the sn predictions are to be read, "decoded" (ours) or "encoded" (the
+    original's output convention; needs `normals_encoded`; measured in encoded space in both modes).
     """
 
     def __init__(self, tasks: Sequence[str], num_classes: Mapping[str, int] | Sequence[int],
                  ignore_index: int = 255, compat: str = "standard", class_weights: Any = None,
                  normals_encoded: bool = False, angle_bin_deg: float = 0.01,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", normals_space: str = "decoded") -> None:
         self.tasks = list(tasks)
         for task in self.tasks:
             if task not in METRIC_KEYS:
@@ -89,6 +102,12 @@ class MetricAccumulator:
         self.ignore_index = int(ignore_index)
         self.compat = compat
         self.normals_encoded = bool(normals_encoded)
+        if normals_space not in NORMALS_SPACES:
+            raise ValueError(f"unknown normals space {normals_space!r} (expected one of {', '.join(NORMALS_SPACES)})")
+        if normals_space == "encoded" and "sn" in self.tasks and not self.normals_encoded:
+            raise ValueError("normals_space 'encoded' needs a dataset whose original normals were encoded PNGs "
+                             "(nyuv2, synthetic)")
+        self.normals_space = normals_space
         self.class_weights = None if class_weights is None else \
             torch.as_tensor(class_weights, dtype=torch.float32).flatten()
         if self.class_weights is not None and "seg" in self.tasks and \
@@ -114,6 +133,8 @@ class MetricAccumulator:
             elif task == "sn":
                 spec.update({"sn.hist": ((self.angle_bins,), _I64), "sn.count": ((), _I64),
                              "sn.angle_sum": ((), _F64), "sn.within": ((len(ANGLE_THRESHOLDS),), _I64)})
+                if self.compat == "adashare":
+                    spec["sn.cos"] = ((0,), torch.float32)
             elif task == "depth":
                 spec.update({"depth.count": ((), _I64), "depth.abs_sum": ((), _F64), "depth.rel_sum": ((), _F64),
                              "depth.within": ((len(DELTA_THRESHOLDS),), _I64),
@@ -141,6 +162,8 @@ class MetricAccumulator:
         if set(state) != set(self._stats):
             raise ValueError(f"metric state keys {sorted(state)} do not match this accumulator's {sorted(self._stats)}")
         for k, v in state.items():
+            if k in POOLED_KEYS and v.ndim == 1:
+                continue
             if tuple(v.shape) != tuple(self._stats[k].shape):
                 raise ValueError(f"metric state {k!r} has shape {tuple(v.shape)}, expected {tuple(self._stats[k].shape)}")
 
@@ -154,7 +177,7 @@ class MetricAccumulator:
         state = other.state() if isinstance(other, MetricAccumulator) else other
         self._check_state(state)
         for k in self._stats:
-            self._stats[k] += torch.as_tensor(state[k]).to(self.device, self._stats[k].dtype)
+            self._add(k, torch.as_tensor(state[k]).to(self.device))
         return self
 
     def all_reduce(self, group: Any = None) -> "MetricAccumulator":
@@ -162,11 +185,17 @@ class MetricAccumulator:
 
         Every rank must call it, once, after its last `update` and before `compute`. Statistics are
         packed into one int64 and one float64 buffer (two collectives); NCCL gets CUDA buffers, gloo
-        CPU buffers, whatever device the statistics live on.
+        CPU buffers, whatever device the statistics live on. The pooled cosines of `adashare` are
+        gathered from every rank (in rank order).
         """
         import torch.distributed as dist
         if not (dist.is_available() and dist.is_initialized()):
             return self
+        from .distributed import all_gather_object
+        for key in POOLED_KEYS:
+            if key in self._stats:
+                parts = all_gather_object(self._stats[key].cpu())
+                self._stats[key] = torch.cat(parts).to(self.device)
         backend = str(dist.get_backend(group))
         if backend == "nccl":
             comm = torch.device("cuda", torch.cuda.current_device())
@@ -175,7 +204,7 @@ class MetricAccumulator:
         else:
             comm = torch.device("cpu")
         for dtype in (_I64, _F64):
-            keys = [k for k in sorted(self._stats) if self._stats[k].dtype == dtype]
+            keys = [k for k in sorted(self._stats) if self._stats[k].dtype == dtype and k not in POOLED_KEYS]
             if not keys:
                 continue
             flat = torch.cat([self._stats[k].reshape(-1) for k in keys]).to(comm)
@@ -215,7 +244,10 @@ class MetricAccumulator:
             getattr(self, f"_update_{'dense' if task in ('keypoint', 'edge') else task}")(task, pred, target)
 
     def _add(self, key: str, value: torch.Tensor) -> None:
-        self._stats[key] += value.to(self._stats[key].dtype)
+        if key in POOLED_KEYS:
+            self._stats[key] = torch.cat([self._stats[key], value.reshape(-1).to(self._stats[key].dtype)])
+        else:
+            self._stats[key] += value.to(self._stats[key].dtype)
 
     def _add_batch_mean(self, keys: Sequence[str], weight_key: str, totals: Sequence[torch.Tensor],
                         count: torch.Tensor, batch_size: int) -> None:
@@ -259,14 +291,23 @@ class MetricAccumulator:
         quirk_valid = labels < c
         self._add_batch_mean(["seg.acc_bsum"], "seg.acc_bweight", [(hit & quirk_valid).sum()], quirk_valid.sum(), b)
 
+    def measured_encoded(self) -> bool:
+        """Whether normal angles are measured in the original's encoded space (see the class docstring)."""
+        return self.normals_space == "encoded" or (self.compat == "adashare" and self.normals_encoded)
+
     def _update_sn(self, task: str, pred: torch.Tensor, target: torch.Tensor) -> None:
         valid = valid_mask("sn", target, self.ignore_index)[:, 0]
-        p, g = pred.double(), target.double()
-        if self.compat == "adashare" and self.normals_encoded:
-            p = (F.normalize(p, dim=1) + 1.0) * 127.5
-            g = (g + 1.0) * 127.5
-        cos = (F.normalize(p, dim=1) * F.normalize(g, dim=1)).sum(dim=1).clamp(-1.0, 1.0)
-        angle = torch.rad2deg(torch.acos(cos[valid]))
+        compat = self.compat == "adashare"
+        p, g = (pred.float(), target.float()) if compat else (pred.double(), target.double())
+        if self.measured_encoded():
+            if self.normals_space == "decoded":
+                p = encode_normals(F.normalize(p, dim=1))
+            g, valid = encoded_normals_target(g)
+            valid = valid[:, 0]
+        cos = (F.normalize(p, dim=1) * F.normalize(g, dim=1)).sum(dim=1)[valid]
+        if compat:
+            self._add("sn.cos", cos)
+        angle = torch.rad2deg(torch.acos(cos.double().clamp(-1.0, 1.0)))
         self._add("sn.count", valid.sum())
         self._add("sn.angle_sum", angle.sum())
         self._add("sn.within", torch.stack([(angle <= t).sum() for t in ANGLE_THRESHOLDS]))
@@ -300,6 +341,15 @@ class MetricAccumulator:
         self._add_batch_mean([f"{task}.abs_bsum"], f"{task}.bweight", [err.sum()], n, pred.shape[0])
 
     # ---------------------------------------------------------------- compute
+    @staticmethod
+    def _exact_median(cos: torch.Tensor) -> float:
+        """np.median of the pooled angles: the mean of the two middle ones for an even count."""
+        if cos.numel() == 0:
+            return math.nan
+        angles = torch.sort(torch.rad2deg(torch.acos(cos.double().clamp(-1.0, 1.0)))).values
+        n = angles.numel()
+        return float((angles[(n - 1) // 2] + angles[n // 2]) / 2)
+
     def _median_from_hist(self, hist: torch.Tensor, count: int) -> float:
         if count <= 0:
             return math.nan
@@ -333,7 +383,8 @@ class MetricAccumulator:
             elif task == "sn":
                 n = int(s["sn.count"])
                 res = {"Angle Mean": _div(s["sn.angle_sum"], n),
-                       "Angle Median": self._median_from_hist(s["sn.hist"], n)}
+                       "Angle Median": self._median_from_hist(s["sn.hist"], n) if std
+                       else self._exact_median(s["sn.cos"])}
                 for t, w in zip(METRIC_KEYS["sn"][2:], s["sn.within"].tolist()):
                     res[t] = 100.0 * _div(w, n)
                 out["sn"] = res
@@ -350,18 +401,23 @@ class MetricAccumulator:
         return out
 
 
-def build_metrics(config: Mapping[str, Any], dataset: Any = None,
-                  device: torch.device | str = "cpu") -> MetricAccumulator:
-    """The accumulator for a resolved config: tasks / num_classes / `eval.metrics_compat` from the
-    config, ignore_index / class_weights from the dataset object (Cityscapes −1 / 255 without one),
-    normals_encoded for nyuv2 and synthetic."""
+def build_metrics(config: Mapping[str, Any], dataset: Any = None, device: torch.device | str = "cpu",
+                  compat: str | None = None, normals_space: str | None = None) -> MetricAccumulator:
+    """The accumulator for a resolved config; every evaluation builds it here.
+
+    tasks / num_classes from the config; `compat` defaults to `eval.metrics_compat`, `normals_space`
+    to `loss.normals_space` (pass the checkpoint's when it differs: an imported original net predicts
+    encoded normals); ignore_index / class_weights from the dataset object (Cityscapes −1 / 255
+    without one); normals_encoded for nyuv2 and synthetic.
+    """
     name = config.get("dataset")
-    default_ignore = -1 if name == "cityscapes" else 255
+    default_ignore = DEFAULT_IGNORE_INDEX.get(name, 255)
     ignore_index = getattr(dataset, "ignore_index", default_ignore) if dataset is not None else default_ignore
     class_weights = getattr(dataset, "class_weights", None) if dataset is not None else None
-    compat = config.get("eval", {}).get("metrics_compat", "standard")
-    return MetricAccumulator(config["tasks"], config["num_classes"], ignore_index, compat, class_weights,
-                             normals_encoded=name in ENCODED_NORMAL_DATASETS, device=device)
+    compat = compat or (config.get("eval") or {}).get("metrics_compat", "standard")
+    return MetricAccumulator(list(config["tasks"]), list(config["num_classes"]), ignore_index, compat, class_weights,
+                             normals_encoded=name in ENCODED_NORMALS_DATASETS, device=device,
+                             normals_space=normals_space or normals_space_of(config))
 
 
 def _fmt(value: Any, unit: str) -> tuple[str, str]:

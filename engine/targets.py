@@ -8,6 +8,13 @@
 | sn | `normal` (float32 B×3×H×W, unit vectors) | all three channels exactly 0 |
 | depth | `depth` (float32 B×1×H×W) | `<= 3e-5` (stored as 0) |
 | keypoint, edge | `keypoint`, `edge` (float32 B×1×H×W in [−1, 1]) | `== 255` |
+
+Normal spaces (`NORMALS_SPACES`): our batches and nets use **decoded** unit normals (x, y, z). The original
+code read NYUv2's normal PNGs with OpenCV and never decoded them: its targets were the raw 8-bit values in
+BGR order, and its network learned the *direction* of that **encoded** vector. `encode_normals` maps our
+targets (and predictions) into that space, so the original's loss, metric and checkpoints stay reachable.
+There is no way back for a prediction: a direction in encoded space meets the sphere of encoded unit normals
+twice, and both points are real normals (docs/METRICS.md).
 """
 from __future__ import annotations
 
@@ -16,6 +23,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+NORMALS_SPACES = ("decoded", "encoded")
+ENCODE_SCALE = 127.5        # 8-bit PNG value v = (n + 1) · 127.5
 TARGET_KEY: dict[str, str] = {"seg": "seg", "sn": "normal", "depth": "depth", "keypoint": "keypoint", "edge": "edge"}
 DEPTH_MIN_VALID = 3e-5      # depth <= this is "no measurement" (stored as 0)
 INVALID_DENSE = 255         # keypoint / edge invalid value
@@ -76,3 +85,30 @@ def resize_nearest(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         work = torch.float32 if x.device.type == "mps" else torch.float64
         out = F.interpolate(x.to(work), size=size, mode="nearest").to(x.dtype)
     return out.squeeze(1) if squeeze else out
+
+
+def encode_normals(normal: torch.Tensor, exact_8bit: bool = False) -> torch.Tensor:
+    """Decoded B×3×H×W normals (x, y, z) -> the original's encoded space: (n + 1)·127.5, channels reversed
+    to B, G, R (OpenCV's order of the PNG's R, G, B). Invalid (all-zero) pixels stay all-zero.
+
+    `exact_8bit`: round to the nearest integer, which recovers the PNG values the original read exactly
+    (our decode v·2/255 − 1 is off by float32 rounding only); use it for ground truth from 8-bit files.
+    """
+    valid = (normal != 0).any(dim=1, keepdim=True)
+    encoded = (normal.flip(1) + 1.0) * ENCODE_SCALE
+    if exact_8bit:
+        encoded = torch.round(encoded)
+    return torch.where(valid, encoded, torch.zeros_like(encoded))
+
+
+def encoded_normals_target(normal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the original's 8-bit B, G, R target, its validity B×1×H×W) for decoded ground truth.
+
+    Validity is the original's rule in that space: a pixel counts iff its largest channel is below 255
+    (so an axis-aligned normal with a +1 component is dropped too, not only the (255, 255, 255) fill),
+    on top of our own invalid (all-zero) pixels.
+    """
+    encoded = encode_normals(normal, exact_8bit=True)
+    valid = valid_mask("sn", normal) & (encoded.amax(dim=1, keepdim=True) < 255)
+    return encoded, valid
+

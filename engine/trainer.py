@@ -1,4 +1,4 @@
-"""The training loop (REFERENCE.md 7.1), made resumable, device-agnostic and DDP-ready.
+"""The training loop (docs/ORIGINAL.md §7.1), made resumable, device-agnostic and DDP-ready.
 
 What it does, per optimizer step (`iteration` counts finished steps, starting at 0):
 
@@ -28,7 +28,7 @@ Differences from the original, on purpose:
   ValueError: one line, exit 2 through `run_main`) *before* anything is written, so `last_` keeps
   the last good state.
 
-Checkpoints (DESIGN.md contract 4, written atomically by rank 0 only): `last_` holds everything
+Checkpoints (docs/ARCHITECTURE.md contract 4, written atomically by rank 0 only): `last_` holds everything
 needed to resume (`model`, `masks`, `iteration`, `optimizer`, `scheduler`, `scaler`, `rng` (+
 `rng_ranks` under DDP), `data_position`, `sparsity_state`, `best_value`, ...). `best_` and `final_`
 hold the model, masks, iteration and validation result but not the optimizer, to keep them small.
@@ -56,7 +56,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model_state, make_checkpoint
+from fileio import CheckpointError, atomic_save, load_checkpoint, load_model_state, make_checkpoint
+from .controller import SparsityController
 from .distributed import DistContext, all_gather_object, all_reduce_sum, is_dist, wrap_model
 from .evaluate import autocast, move_batch, preserved_rng, test_loss
 from .logging_utils import RunLogger
@@ -222,8 +223,7 @@ class Trainer:
     train_loader: from `dataloaders.build_loader(config, "train", seed=..., distributed=...)`.
     val_loader: the validation split, unshuffled (sharded across ranks automatically); None = no validation.
     loss_fn: `engine.losses.build_loss(...)`, `(preds, batch) -> (total, {task: loss})`.
-    controller: an optional sparsity controller (`StaticSparsity` / `DynamicSparsity`): `attach`,
-      `before_step`, `after_step`, `state_dict`, `load_state_dict`, `sparsity()`, `.masks`. It gets the bare
+    controller: an optional sparsity controller (`engine.controller.SparsityController`). It gets the bare
       model, so a controller that runs its own forward/backward must reduce across ranks itself.
     method: stored in checkpoints (`baseline`, `disparse_static`, ...).
     extra_state: more entries for every checkpoint (e.g. the LTH round).
@@ -232,7 +232,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, config: Mapping, train_loader: DataLoader, loss_fn: Callable,
                  device: torch.device, *, name: str, dest: str | Path, method: str = "baseline",
-                 val_loader: Optional[DataLoader] = None, controller: Any = None,
+                 val_loader: Optional[DataLoader] = None, controller: Optional[SparsityController] = None,
                  ctx: Optional[DistContext] = None, options: Optional[TrainOptions] = None,
                  extra_state: Optional[dict] = None,
                  on_step: Optional[Callable[["Trainer"], None]] = None) -> None:
@@ -477,8 +477,3 @@ class Trainer:
         finally:
             self.logger.close()
 
-
-def train(model: nn.Module, config: Mapping, train_loader: DataLoader, loss_fn: Callable,
-          device: torch.device, *, name: str, dest: str | Path, resume: bool = False, **kwargs: Any) -> TrainResult:
-    """Functional form: `Trainer(...).fit(resume)`."""
-    return Trainer(model, config, train_loader, loss_fn, device, name=name, dest=dest, **kwargs).fit(resume)

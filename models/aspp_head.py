@@ -1,4 +1,4 @@
-"""DeepLab-v2 ASPP task head (REFERENCE.md §1.2): four atrous branches whose outputs are summed."""
+"""DeepLab-v2 ASPP task head (docs/ORIGINAL.md §1.2): four atrous branches whose outputs are summed."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,7 +1,8 @@
 """The multitask network: one shared DeepLab-ResNet34 encoder and one ASPP head per task.
 
 Parameter names are `backbone.<...>` (shared) and `heads.<task>.<...>` (owned by one task). Pruning,
-arbiters and analysis read ownership from this structure, never from name patterns like `task1`.
+arbiters and analysis read ownership from this module structure (`prune_utils.structure.TaskStructure`),
+never from name patterns like `task1`.
 """
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ from torch import nn
 from .architecture import check_architecture
 from .aspp_head import ASPPHead
 from .resnet_backbone import DeepLabResNet34
-
-SHARED = "backbone"
 
 
 class MultiTaskNet(nn.Module):
@@ -52,26 +51,9 @@ class MultiTaskNet(nn.Module):
                            branch_widths=architecture["heads"][name])
             for name, channels in self.tasks.items()})
 
-    @property
-    def task_names(self) -> list[str]:
-        return list(self.tasks)
-
-    def forward_features(self, img: torch.Tensor) -> torch.Tensor:
-        return self.backbone(img)
-
     def forward(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(img)
         return {name: head(features) for name, head in self.heads.items()}
-
-
-def owner_of(param_name: str) -> str:
-    """`"backbone"` for a shared parameter, else the task owning it (`heads.<task>.…`)."""
-    parts = param_name.split(".")
-    if parts[0] == SHARED:
-        return SHARED
-    if parts[0] == "heads" and len(parts) > 2:
-        return parts[1]
-    raise ValueError(f"parameter {param_name!r} belongs neither to the backbone nor to a task head")
 
 
 def build_model(config: Mapping, device: torch.device | str = "cpu") -> MultiTaskNet:

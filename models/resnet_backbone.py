@@ -1,4 +1,4 @@
-"""DeepLab-ResNet34 backbone (REFERENCE.md §1.1).
+"""DeepLab-ResNet34 backbone (docs/ORIGINAL.md §1.1).
 
 Output stride 8: stage 2 downsamples, stages 3 and 4 dilate (2 and 4) instead. The residual sum and
 its ReLU live in the backbone's forward, not in the block, and shortcuts sit in a separate `ds` list;

@@ -6,43 +6,122 @@ an *arbiter*, looked up by name in `ARBITERS` (add your own with `register_arbit
 
 | name | a backbone weight is kept iff | note |
 |---|---|---|
-| `unanimous` | at least one task keeps it (OR / union) | the paper: a shared weight is removed only if every task removes it (REFERENCE.md §5.1 step 4) |
+| `unanimous` | at least one task keeps it (OR / union) | the paper: a shared weight is removed only if every task removes it (docs/ORIGINAL.md §5.1 step 4) |
 | `intersection` | every task keeps it (AND) | the most aggressive |
 | `majority` | at least ceil(T/2) tasks keep it (a tie keeps it) | T = 2: same as `unanimous`; T = 3: 2 votes; T = 5: 3 votes |
 | `mean_score` | it is among the top k of the tasks' pool-normalised scores averaged over tasks | k = round-half-up of the mean of the tasks' backbone keep counts |
 
-An arbiter is a callable `arbiter(backbone_masks, scores=None) -> MaskSet` where `backbone_masks` maps
-task -> {backbone param name -> BoolTensor} (every task has the same names and shapes) and the result is a
-mask for those backbone names. `scores` (task -> {param name -> FloatTensor} over the task's whole pool) is
-passed to arbiters whose `needs_scores` is True.
+An int q is a vote arbiter too (kept iff at least q tasks keep it).
 
-The exact-sparsity search (`prune_utils.mask_builder.masks_for_sparsity`) needs the kept count to be
-non-decreasing in the per-task keep ratio. Every built-in arbiter is: per-task masks are nested in k
-(a fixed total order), vote counts can only grow, and `mean_score`'s k grows with the tasks' counts. A
-custom arbiter must keep that property. `VoteArbiter` and `MeanScoreArbiter` get a fast search path; any
-other callable gets a slower but exact bisection that calls it at every step.
+What an arbiter is
+------------------
+`Arbiter.__call__(backbone_masks, scores=None) -> MaskSet` is the rule itself: `backbone_masks` maps
+task -> {backbone param name -> BoolTensor} (every task has the same names and shapes), `scores` (task ->
+{param name -> FloatTensor} over the task's pool) is there for arbiters that rank scores. A plain
+function with that signature can be registered; it is wrapped in `CallableArbiter`.
+
+The same object serves the three places that arbitrate, each through a method with a generic default:
+
+* `backbone_into(ballot, out)` / `backbone_count(ballot)`: the exact-sparsity search of
+  `mask_builder`, which holds each task's pool as a flat, ranked vector. The default builds the
+  per-task masks and calls the rule; `VoteArbiter` counts votes on flat buffers and `MeanScoreArbiter`
+  knows its count without building anything (its fast paths).
+* `backbone_estimator(poll, sample_size)`: a cheap, monotone estimate of the backbone count as a
+  function of the keep ratio, from which the search starts (None: start from the keep ratio alone).
+* `select_growth(candidates, scores, n)`: dynamic sparse training's regrowth on a shared layer, where
+  the tasks rank candidate positions instead of proposing masks. The default orders the candidates
+  by their q-th best rank over tasks, q = `quorum(T)`: the order in which they enter the arbiter's
+  result on the tasks' top-k sets as k grows (ties by the sum of ranks, then by index). Vote arbiters
+  have a quorum (their vote threshold); an arbiter without one (`mean_score`) cannot arbitrate growth.
+
+The exact-sparsity search needs the kept count to be non-decreasing in the per-task keep ratio. Every
+built-in arbiter is: per-task masks are nested in k (a fixed total order), vote counts can only grow,
+and `mean_score`'s k grows with the tasks' counts. A custom arbiter must keep that property.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Union
+from typing import Callable, Mapping, Protocol, Sequence, Union
 
+import numpy as np
 import torch
 
 from .masks import MaskSet
+from .topk import RankedPool, topk_masks
 
 TaskMasks = Mapping[str, Mapping[str, torch.Tensor]]
 Scores = Mapping[str, Mapping[str, torch.Tensor]]
+_LEVELS = 1 << 20                   # resolution of the estimated rank-fraction histogram
+
+
+class Ballot(Protocol):
+    """The tasks' exact selections at one keep ratio, as `mask_builder` offers them to an arbiter.
+
+    The backbone is one flat vector of `backbone_size` positions (layers in pool order, row-major)."""
+
+    tasks: Sequence[str]
+    backbone_size: int
+    scores: Scores
+    memo: dict                                   # per score set: an arbiter's caches across keep ratios
+
+    def task_backbone_into(self, task: str, out: torch.Tensor) -> None: ...   # task's keep flags, flat bool
+    def task_backbone_kept(self, task: str) -> int: ...                       # how many it keeps there
+    def layer_views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]: ... # flat backbone -> per layer
+    def backbone_scores(self, task: str) -> torch.Tensor: ...                 # flat float32 scores
+    def work_buffer(self) -> torch.Tensor: ...                                # reusable flat bool buffer
+    def ranked_pool(self, flat: torch.Tensor, label: str) -> RankedPool: ...  # top-k over a backbone vector
+
+
+class Poll(Protocol):
+    """The tasks' ranked pools before any exact selection, for estimates."""
+
+    tasks: Sequence[str]
+    backbone_size: int
+
+    def sample_rank_fractions(self, sample_size: int) -> np.ndarray: ...     # tasks x samples, in [0, 1)
+    def estimate_task_backbone_kept(self, task: str, keep_ratio: float) -> float: ...
 
 
 class Arbiter:
-    """Base class. Subclasses implement `__call__(backbone_masks, scores=None) -> MaskSet`."""
+    """Base class: subclasses implement `__call__`; the fast paths are optional (see the module docstring)."""
 
     name: str = "custom"
-    needs_scores: bool = False
 
     def __call__(self, backbone_masks: TaskMasks, scores: Scores | None = None) -> MaskSet:  # pragma: no cover
         raise NotImplementedError
+
+    # ---------------------------------------------------------------- exact-sparsity search
+    def backbone_count(self, ballot: Ballot) -> int | None:
+        """The kept backbone count when it is known without building the mask (else None)."""
+        return None
+
+    def backbone_into(self, ballot: Ballot, out: torch.Tensor) -> None:
+        """Write the backbone decision into the flat bool `out`: build each task's masks, call the rule."""
+        per_task = {}
+        for task in ballot.tasks:
+            part = torch.empty(ballot.backbone_size, dtype=torch.bool)
+            ballot.task_backbone_into(task, part)
+            per_task[task] = ballot.layer_views(part)
+        decided = self(per_task, ballot.scores)
+        views = ballot.layer_views(out)
+        missing = [n for n in views if n not in decided]
+        if missing:
+            raise ValueError(f"arbiter {self!r} returned no mask for {missing[:3]}")
+        for name, view in views.items():
+            view.copy_(decided[name])
+
+    def backbone_estimator(self, poll: Poll, sample_size: int) -> Callable[[float], float] | None:
+        return None
+
+    # ---------------------------------------------------------------- dynamic sparse training
+    def quorum(self, num_tasks: int) -> int:
+        """Votes a backbone position needs (the q of the growth order); arbiters without one refuse growth."""
+        raise ValueError(f"arbiter {self.name!r} has no vote threshold; dynamic growth supports vote arbiters "
+                         f"(unanimous, majority, intersection) or an int quorum")
+
+    def select_growth(self, candidates: torch.Tensor, scores: Sequence[torch.Tensor], n: int) -> torch.Tensor:
+        """Flat indices of the `n` candidates to grow on a shared layer, best first (see `select_growth`)."""
+        return select_growth(candidates, scores, n, self.quorum(len(scores)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -77,6 +156,8 @@ class VoteArbiter(Arbiter):
             raise ValueError(f"arbiter {self.name!r} asks for {votes} votes out of {num_tasks} tasks")
         return votes
 
+    quorum = min_votes
+
     def __call__(self, backbone_masks: TaskMasks, scores: Scores | None = None) -> MaskSet:
         names = _check_same_layout(backbone_masks)
         tasks = list(backbone_masks)
@@ -101,6 +182,52 @@ class VoteArbiter(Arbiter):
         return out
 
 
+    def backbone_into(self, ballot: Ballot, out: torch.Tensor) -> None:
+        """Votes counted on flat buffers: OR / AND for 1 / T votes, a uint8 tally otherwise."""
+        tasks = list(ballot.tasks)
+        need = self.min_votes(len(tasks))
+        ballot.task_backbone_into(tasks[0], out)
+        if len(tasks) == 1:
+            return
+        tmp = ballot.work_buffer()
+        if need == 1 or need == len(tasks):
+            for task in tasks[1:]:
+                ballot.task_backbone_into(task, tmp)
+                if need == 1:
+                    torch.logical_or(out, tmp, out=out)
+                else:
+                    torch.logical_and(out, tmp, out=out)
+            return
+        votes = out.to(torch.uint8)
+        for task in tasks[1:]:
+            ballot.task_backbone_into(task, tmp)
+            votes += tmp
+        torch.ge(votes, need, out=out)
+
+    def backbone_estimator(self, poll: Poll, sample_size: int) -> Callable[[float], float]:
+        """On a fixed sample of backbone positions, each one's rank fraction in each task (from the tasks'
+        histograms): a position is kept at keep ratio ρ when its m-th smallest fraction is below ρ."""
+        need = self.min_votes(len(poll.tasks))
+        fractions = poll.sample_rank_fractions(sample_size)
+        if need == 1:
+            order_stat = fractions.min(axis=0)
+        elif need == len(poll.tasks):
+            order_stat = fractions.max(axis=0)
+        else:
+            order_stat = np.sort(fractions, axis=0)[need - 1]
+        levels = np.minimum((order_stat * _LEVELS).astype(np.int64), _LEVELS - 1)
+        cumulative = np.concatenate([[0], np.cumsum(np.bincount(levels, minlength=_LEVELS))])
+        scale = poll.backbone_size / max(1, fractions.shape[1])
+
+        def backbone_estimate(rho: float) -> float:
+            x = min(max(rho, 0.0), 1.0) * _LEVELS
+            i = min(int(x), _LEVELS - 1)
+            below = cumulative[i] + (x - i) * (cumulative[i + 1] - cumulative[i])
+            return below * scale
+
+        return backbone_estimate
+
+
 def round_half_up_mean(counts: list[int]) -> int:
     """Mean of non-negative ints rounded half up, in integer arithmetic."""
     return (2 * sum(counts) + len(counts)) // (2 * len(counts))
@@ -116,7 +243,6 @@ class MeanScoreArbiter(Arbiter):
     """
 
     name = "mean_score"
-    needs_scores = True
 
     def __call__(self, backbone_masks: TaskMasks, scores: Scores | None = None) -> MaskSet:
         if scores is None:
@@ -127,9 +253,36 @@ class MeanScoreArbiter(Arbiter):
         if missing:
             raise ValueError(f"arbiter 'mean_score': no scores for task(s) {missing}")
         k = round_half_up_mean([sum(int(backbone_masks[t][n].sum()) for n in names) for t in tasks])
-        averaged = mean_normalised_scores(scores, names, tasks)
-        from .mask_builder import topk_masks  # late import: mask_builder imports this module
-        return topk_masks(averaged, k)
+        return topk_masks(mean_normalised_scores(scores, names, tasks), k)
+
+    def backbone_count(self, ballot: Ballot) -> int:
+        return round_half_up_mean([ballot.task_backbone_kept(t) for t in ballot.tasks])
+
+    def backbone_into(self, ballot: Ballot, out: torch.Tensor) -> None:
+        ranked = ballot.memo.get(self.name)
+        if ranked is None:                  # the averaged scores do not depend on the keep ratio
+            flat = torch.empty(ballot.backbone_size, dtype=torch.float32)
+            totals = [pool_total(ballot.scores[t]) for t in ballot.tasks]
+            mean_normalised_into([ballot.backbone_scores(t) for t in ballot.tasks], totals, flat)
+            ranked = ballot.memo[self.name] = ballot.ranked_pool(flat, "mean normalised scores")
+        ranked.mask_into(ranked.select(self.backbone_count(ballot)), out)
+
+    def backbone_estimator(self, poll: Poll, sample_size: int) -> Callable[[float], float]:
+        def backbone_estimate(rho: float) -> float:
+            split = [poll.estimate_task_backbone_kept(t, rho) for t in poll.tasks]
+            return sum(split) / len(split)
+        return backbone_estimate
+
+
+class CallableArbiter(Arbiter):
+    """A plain function `fn(backbone_masks, scores=None) -> MaskSet` as an arbiter (generic paths only)."""
+
+    def __init__(self, fn: Callable[..., MaskSet], name: str | None = None) -> None:
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "custom")
+
+    def __call__(self, backbone_masks: TaskMasks, scores: Scores | None = None) -> MaskSet:
+        return self.fn(backbone_masks, scores)
 
 
 def pool_total(task_scores: Mapping[str, torch.Tensor]) -> float:
@@ -177,7 +330,7 @@ def mean_normalised_scores(scores: Scores, names: list[str], tasks: list[str],
     return result
 
 
-ArbiterLike = Union[str, Arbiter, Callable[..., MaskSet]]
+ArbiterLike = Union[str, int, Arbiter, Callable[..., MaskSet]]
 
 ARBITERS: dict[str, Arbiter] = {
     "unanimous": VoteArbiter("unanimous", lambda n: 1,
@@ -195,19 +348,60 @@ def register_arbiter(name: str, arbiter: Arbiter | Callable[..., MaskSet], overw
         raise ValueError(f"arbiter {name!r} is already registered (pass overwrite=True to replace it)")
     if not callable(arbiter):
         raise TypeError(f"arbiter {name!r} must be callable")
-    ARBITERS[name] = arbiter  # type: ignore[assignment]
+    ARBITERS[name] = arbiter if isinstance(arbiter, Arbiter) else CallableArbiter(arbiter, name)
 
 
-def get_arbiter(arbiter: ArbiterLike) -> Arbiter | Callable[..., MaskSet]:
-    """An arbiter object from a registry name (or the object itself)."""
+def get_arbiter(arbiter: ArbiterLike) -> Arbiter:
+    """An arbiter object from a registry name, an int quorum, an `Arbiter`, or a plain function."""
+    if isinstance(arbiter, bool):
+        raise ValueError(f"unknown arbiter {arbiter!r}")
     if isinstance(arbiter, str):
         if arbiter not in ARBITERS:
             raise ValueError(f"unknown arbiter {arbiter!r} (expected one of {', '.join(ARBITERS)})")
         return ARBITERS[arbiter]
-    if callable(arbiter):
+    if isinstance(arbiter, int):
+        return VoteArbiter(f"quorum {arbiter}", lambda n: arbiter, f"kept if at least {arbiter} tasks keep it")
+    if isinstance(arbiter, Arbiter):
         return arbiter
-    raise TypeError(f"an arbiter is a registry name or a callable, got {type(arbiter).__name__}")
+    if callable(arbiter):
+        return CallableArbiter(arbiter)
+    raise TypeError(f"an arbiter is a registry name, an int quorum or a callable, got {type(arbiter).__name__}")
 
 
-def needs_scores(arbiter: Arbiter | Callable[..., MaskSet]) -> bool:
-    return bool(getattr(arbiter, "needs_scores", False))
+def arbiter_quorum(arbiter: ArbiterLike, num_tasks: int) -> int:
+    """Votes (tasks) a backbone position needs under `arbiter`: `unanimous` 1, `majority` ceil(T/2),
+    `intersection` T, an int q itself; arbiters without a vote threshold (`mean_score`) are refused."""
+    return get_arbiter(arbiter).quorum(num_tasks)
+
+
+def select_growth(candidates: torch.Tensor, scores: Sequence[torch.Tensor], n: int, quorum: int = 1) -> torch.Tensor:
+    """Flat indices of the `n` candidate positions to grow, best first.
+
+    `candidates` is a flat bool tensor (True = may grow); `scores` holds one flat score tensor per task
+    (higher = wanted more). Each task ranks the candidates by descending score (ties: lower index
+    first); positions are ordered by their `quorum`-th smallest rank over tasks, then by the sum of
+    their ranks, then by index. With one task this is plain top-n.
+    """
+    cand_idx = torch.nonzero(candidates.reshape(-1), as_tuple=False).squeeze(1)
+    count = cand_idx.numel()
+    if n < 0 or n > count:
+        raise ValueError(f"cannot grow {n} positions out of {count} candidates")
+    if n == 0:
+        return cand_idx[:0]
+    if not scores:
+        raise ValueError("select_growth needs at least one score tensor")
+    orders = [torch.sort(s.reshape(-1)[cand_idx], descending=True, stable=True).indices for s in scores]
+    if len(orders) == 1:
+        return cand_idx[orders[0][:n]]
+    if not 1 <= quorum <= len(orders):
+        raise ValueError(f"quorum must lie in 1..{len(orders)}, got {quorum}")
+    positions = torch.arange(count, device=cand_idx.device)
+    ranks = torch.empty((len(orders), count), dtype=torch.long, device=cand_idx.device)
+    for t, order in enumerate(orders):
+        ranks[t, order] = positions
+    key = torch.sort(ranks, dim=0).values[quorum - 1]
+    total = ranks.sum(dim=0)
+    # lexicographic (key, total, index) with two stable sorts
+    by_total = torch.sort(total, stable=True).indices
+    by_key = torch.sort(key[by_total], stable=True).indices
+    return cand_idx[by_total[by_key][:n]]

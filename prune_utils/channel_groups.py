@@ -6,8 +6,8 @@ BatchNorm and the input channels of every conv that reads them. Residual additio
 head's input) into one group. Torch-Pruning's `DependencyGraph` finds the groups by tracing the net, and
 removes the channels; this module adds what is multitask-specific:
 
-* **ownership**: a group touching a backbone layer is shared (`models.SHARED`); a group that lives in one
-  head (`heads.<task>.*`) belongs to that task;
+* **ownership**, read from the model's `TaskStructure` (`prune_utils.structure`): a group touching a shared
+  layer is shared (`SHARED`); a group whose weighted layers all belong to one task's head belongs to that task;
 * **outputs are never pruned**: a group that reaches a model output (the convs that emit a task's classes or
   channels, coupled through the ASPP branch sum) is left out, so every task keeps its output width;
 * a **plain description** (`ChannelGroup`: layer names and roles, no Torch-Pruning objects), so scores,
@@ -15,8 +15,9 @@ removes the channels; this module adds what is multitask-specific:
 
 A group's name is its first output-producing layer in `named_modules` order (`backbone.conv1` is the
 stem + stage-1 residual group, `backbone.blocks.2.0.conv2` the stage-3 residual group,
-`backbone.blocks.2.0.conv1` a block's inner width, `heads.seg.branches.0.conv1` a head's hidden width), so
-`models.owner_of(name)` gives its owner and the mask builder and arbiters treat groups like parameters.
+`backbone.blocks.2.0.conv1` a block's inner width, `heads.seg.branches.0.conv1` a head's hidden width).
+`ChannelGroups.structure` is a `TaskStructure` over the group names (shared groups, each task's own), so the
+mask builder and the arbiters treat groups like parameters.
 """
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from models import SHARED, owner_of
 from models.modes import eval_mode
 
 from .masks import unwrap
+from .structure import SHARED, TaskStructure
 
 OUT, IN, NORM = "out", "in", "norm"
 WEIGHTED = (nn.Conv2d, nn.Linear)
@@ -65,18 +66,29 @@ class ChannelGroup:
     members: tuple[Member, ...]
 
     def weighted(self) -> list[Member]:
-        """Members whose weights are prunable (Conv2d / Linear: DESIGN contract 2), in member order."""
+        """Members whose weights are prunable (Conv2d / Linear: docs/ARCHITECTURE.md contract 2), in member order."""
         return [m for m in self.members if m.kind in (OUT, IN)]
 
 
 class ChannelGroups:
-    """The prunable channel groups of one model, in forward (`named_modules`) order."""
+    """The prunable channel groups of one model, in forward (`named_modules`) order.
+
+    `structure` is their task partition: a `TaskStructure` whose "parameters" are the group names (a shared
+    group is used by every task, a head's group by its task), the form the mask builder and arbiters take.
+    """
 
     def __init__(self, groups: Sequence[ChannelGroup], tasks: Sequence[str], fixed: Sequence[str] = ()) -> None:
         self.groups = list(groups)
         self.by_name = {g.name: g for g in self.groups}
         self.tasks = list(tasks)
         self.fixed = list(fixed)        # layers whose output channels reach a model output (never pruned)
+        unknown = sorted({g.owner for g in self.groups} - {SHARED, *self.tasks})
+        if unknown:
+            raise ValueError(f"channel groups owned by {unknown}, which are not among the tasks {self.tasks}")
+        everyone = frozenset(self.tasks)
+        self.structure = TaskStructure(
+            {g.name: everyone if g.owner == SHARED else frozenset([g.owner]) for g in self.groups}, self.tasks,
+            shared=[g.name for g in self.groups if g.owner == SHARED])
 
     def __iter__(self) -> Iterator[ChannelGroup]:
         return iter(self.groups)
@@ -91,13 +103,11 @@ class ChannelGroups:
         return [g.name for g in self.groups]
 
     def shared(self) -> list[ChannelGroup]:
-        return [g for g in self.groups if g.owner == SHARED]
+        return [self.by_name[name] for name in self.structure.shared]
 
     def pool(self, task: str) -> list[ChannelGroup]:
-        """The groups a task ranks: the shared ones, then its own head's."""
-        if task not in self.tasks:
-            raise ValueError(f"unknown task {task!r} (the model's tasks: {', '.join(self.tasks)})")
-        return [g for g in self.groups if g.owner == SHARED] + [g for g in self.groups if g.owner == task]
+        """The groups a task ranks: the shared ones, then its own head's (`TaskStructure.pool`)."""
+        return [self.by_name[name] for name in self.structure.pool(task)]
 
     def sizes(self) -> dict[str, int]:
         return {g.name: g.size for g in self.groups}
@@ -131,7 +141,7 @@ def _member_kind(graph: tp.DependencyGraph, module: nn.Module, handler) -> str |
 def channel_groups(model: nn.Module, example_input: torch.Tensor | None = None) -> ChannelGroups:
     """The prunable channel groups of a multitask net (see the module docstring)."""
     model = unwrap(model)
-    tasks = list(getattr(model, "tasks", {}))
+    structure = TaskStructure.from_model(model)
     graph = dependency_graph(model, example_input)
     names = {module: name for name, module in model.named_modules()}
     order = {name: i for i, name in enumerate(names.values())}
@@ -153,15 +163,15 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor | None = None) 
         if reaches_output:
             fixed += outputs
             continue
-        owners = {owner_of(m.weight) for m in members}
+        owners = {structure.part(m.weight) for m in members if m.kind in (OUT, IN)}
         if SHARED not in owners and len(owners) > 1:
             raise ValueError(f"group {outputs[0]!r} couples the heads of several tasks without the backbone")
         owner = SHARED if SHARED in owners else owners.pop()
-        if owner_of(outputs[0] + ".weight") != owner:
+        if structure.part(outputs[0] + ".weight") != owner:
             raise ValueError(f"shared group {outputs[0]!r} is produced by a head layer; cannot name it by owner")
         groups.append(ChannelGroup(outputs[0], owner, size, tuple(members)))
     groups.sort(key=lambda g: order[g.name])
-    return ChannelGroups(groups, tasks, sorted(fixed, key=order.get))
+    return ChannelGroups(groups, structure.tasks, sorted(fixed, key=order.get))
 
 
 def remove_channels(model: nn.Module, groups: ChannelGroups, keep: Mapping[str, torch.Tensor],

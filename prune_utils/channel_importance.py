@@ -9,7 +9,7 @@ channel of every channel group, per task:
 
 A channel's score sums over the group's weight slices that belong to the task's pool: the output slice
 of each producing conv and the input slice of each consuming conv (BatchNorm and biases are not prunable
-weights, DESIGN contract 2, and do not count). For the stage-4 group, whose consumers include every
+weights, docs/ARCHITECTURE.md contract 2, and do not count). For the stage-4 group, whose consumers include every
 head's first convs, task t counts only its own head's slices.
 
 | name | channel score | per-weight scores from | network |
@@ -35,10 +35,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from models import SHARED
-
 from .channel_groups import ChannelGroups
 from .saliency import ALL, GradientSaliency, copy_probe, get_saliency
+from .structure import SHARED
 
 GroupScores = dict[str, dict[str, torch.Tensor]]
 

@@ -9,7 +9,7 @@ The entry points, for a `models.MultiTaskNet`:
   a plain per-group report);
 * `extract_tasks(model, tasks, report)`: a net for a subset of tasks with only the shared channels those
   tasks keep, plus their heads;
-* `ChannelPruneResult.checkpoint_fields()`: the checkpoint keys of DESIGN contract 11 (`architecture`,
+* `ChannelPruneResult.checkpoint_fields()`: the checkpoint keys of docs/ARCHITECTURE.md contract 11 (`architecture`,
   `macs_removed`, `params_removed`) plus `channels` (the report); the net reloads with
   `MultiTaskNet(tasks, architecture=ckpt["architecture"])` and `torch.load(..., weights_only=True)`.
 
@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from models import SHARED, Architecture, MultiTaskNet, architecture_of
+from models import Architecture, MultiTaskNet, architecture_of
 
 from .arbiters import ArbiterLike
 from .channel_cost import ChannelCost
@@ -36,6 +36,7 @@ from .channel_importance import GroupScores, score_channels
 from .channel_selection import ChannelSelection, Target, at_least_one, select_channels
 from .masks import unwrap
 from .saliency import ALL
+from .structure import SHARED
 
 REPORT_VERSION = 1
 DEFAULT_IMPORTANCE = "snip"

@@ -31,8 +31,9 @@ from .arbiters import ArbiterLike, get_arbiter, mean_normalised_scores, pool_tot
 from .channel_cost import ChannelCost
 from .channel_groups import ChannelGroups
 from .channel_importance import check_group_scores
-from .mask_builder import keep_count, masks_for_keep_ratio, task_masks, topk_masks
+from .mask_builder import masks_for_keep_ratio, task_masks
 from .saliency import ALL
+from .topk import keep_count_floor, topk_masks
 
 SELECTIONS = ("per_task", "global", "uniform")
 TARGET_KINDS = ("macs", "params")
@@ -106,13 +107,14 @@ def _ordered(scores: Mapping[str, torch.Tensor], groups: ChannelGroups) -> dict[
 def _select(scores: Mapping[str, Mapping[str, torch.Tensor]], groups: ChannelGroups, fraction: float,
             selection: str, arbiter: ArbiterLike) -> Keep:
     if selection == "per_task":
-        return {name: mask.clone() for name, mask in masks_for_keep_ratio(scores, fraction, arbiter).items()}
+        masks = masks_for_keep_ratio(scores, fraction, arbiter, groups.structure)
+        return {name: mask.clone() for name, mask in masks.items()}
     ranked = _ordered(scores[ALL], groups)
     if selection == "global":
         total = sum(s.numel() for s in ranked.values())
-        return topk_masks(ranked, keep_count(fraction, total))
+        return topk_masks(ranked, keep_count_floor(fraction, total))
     if selection == "uniform":
-        return {name: topk_masks({name: s}, keep_count(fraction, s.numel()))[name] for name, s in ranked.items()}
+        return {name: topk_masks({name: s}, keep_count_floor(fraction, s.numel()))[name] for name, s in ranked.items()}
     raise ValueError(f"unknown selection {selection!r} (expected one of {', '.join(SELECTIONS)})")
 
 
@@ -129,7 +131,7 @@ def _widths_at(scores: Mapping[str, Mapping[str, torch.Tensor]], groups: Channel
                selection: str, arbiter: ArbiterLike) -> dict[str, int]:
     """Group widths at one value of the searched number (uniform widths need no ranking)."""
     if selection == "uniform":
-        return {g.name: keep_count(fraction, g.size) for g in groups}
+        return {g.name: keep_count_floor(fraction, g.size) for g in groups}
     keep, _ = keep_at(scores, groups, fraction, selection, arbiter)
     return {name: int(mask.sum()) for name, mask in keep.items()}
 
@@ -184,7 +186,7 @@ def select_channels(groups: ChannelGroups, scores: Mapping[str, Mapping[str, tor
     proposals = None
     if selection == "per_task":
         proposals = {task: {name: mask.clone() for name, mask in masks.items()}
-                     for task, masks in task_masks(scores, fraction).items()}
+                     for task, masks in task_masks(scores, fraction, groups.structure).items()}
     widths = {n: int(m.sum()) for n, m in keep.items()}
     info = {"selection": selection, "arbiter": getattr(arbiter, "name", repr(arbiter)) if selection == "per_task"
             else None, "search_steps": steps, "within_tol": within,

@@ -1,4 +1,4 @@
-"""Erdős–Rényi-Kernel (ERK) layer densities and random initial masks (REFERENCE.md §6.1-6.2).
+"""Erdős–Rényi-Kernel (ERK) layer densities and random initial masks (docs/ORIGINAL.md §6.1-6.2).
 
 Each prunable layer l with weight shape (d_1, ..., d_n) and N_l = prod d_i gets the raw score
 rho_l = (sum d_i / prod d_i) ** 0.9 (kernel dims included). With a set of dense layers (density 1,
@@ -8,7 +8,7 @@ charged at full size) the scale is
 
 and layer l gets density eps * rho_l. While the largest eps * rho_l among sparse layers exceeds 1,
 *every* layer sharing that largest rho becomes dense and eps is recomputed. The overall density is
-then exactly D (in real numbers; integer counts are `keep_count(d, N) = round(d * N)` per layer).
+then exactly D (in real numbers; integer counts are `keep_count_round(d, N) = round(d * N)` per layer).
 
 Only shapes are needed, so the full-size net can be sized on the meta device (`shapes_of`).
 """
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .masks import MaskSet, prunable_parameters
+from .topk import keep_count_round
 
 POWER_SCALE = 0.9
 
@@ -69,25 +70,20 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float,
     return {name: 1.0 if name in dense else eps * rho[name] for name in shapes}
 
 
-def keep_count(density: float, numel: int) -> int:
-    """Weights kept in a layer of `numel` weights at `density`: round(d * N), clamped to [0, N]."""
-    return min(numel, max(0, int(round(density * numel))))
-
-
 def target_counts(shapes: Mapping[str, Sequence[int]], densities: Mapping[str, float]) -> dict[str, int]:
-    return {name: keep_count(densities[name], math.prod(shape)) for name, shape in shapes.items()}
+    return {name: keep_count_round(densities[name], math.prod(shape)) for name, shape in shapes.items()}
 
 
 def random_masks(shapes: Mapping[str, Sequence[int]], densities: Mapping[str, float],
                  generator: torch.Generator | None = None) -> MaskSet:
-    """Uniformly random masks with exactly `keep_count(d_l, N_l)` kept weights per layer (CPU bool).
+    """Uniformly random masks with exactly `keep_count_round(d_l, N_l)` kept weights per layer (CPU bool).
 
     Layers are drawn in the order of `shapes`; a dense layer consumes no random numbers.
     """
     masks: MaskSet = {}
     for name, shape in shapes.items():
         numel = math.prod(shape)
-        kept = keep_count(densities[name], numel)
+        kept = keep_count_round(densities[name], numel)
         if kept == numel:
             masks[name] = torch.ones(tuple(shape), dtype=torch.bool)
             continue

@@ -1,4 +1,4 @@
-"""Per-layer IoU of per-task keep masks (REFERENCE.md §8): how much of the backbone the tasks share.
+"""Per-layer IoU of per-task keep masks (docs/ORIGINAL.md §8): how much of the backbone the tasks share.
 
 Input: per-task mask sets, `dict[task, MaskSet]`, each covering at least the backbone's prunable
 weights (True = the task keeps the weight). Before any arbiter runs, every task has its own mask.
@@ -11,20 +11,22 @@ Measures, per backbone layer l (K_{t,l} = task t's keep mask of layer l):
 * **compat** (the original's number): with M = Σ_t K_t (how many tasks keep each weight),
   ``#{M = 2} / #{M ∈ {1, 2}}``. For two tasks it equals the IoU; for more tasks it silently drops
   every weight kept by 3 or more tasks from numerator and denominator, so it is *not* a multi-task
-  IoU (REFERENCE.md §8 quirk, §11.18). Kept only to compare with the published Taskonomy row.
+  IoU (docs/ORIGINAL.md §8 quirk, §11.18). Kept only to compare with the published Taskonomy row.
 
 Convention: when the denominator is empty (no task keeps any weight of the layer) the sets are all
-equal (empty), and the IoU is 1.0; `compat` uses the same convention.
+equal (empty), and the IoU is 1.0. `compat` stays the original's number there: 0/0 = NaN (written as
+null in JSON), e.g. a 5-task layer whose every kept weight is kept by 3 or more tasks.
 
 Overall ("Total IoU"): the same ratios pooled over the weights of *all* backbone layers (shortcuts
 included), i.e. the IoU of the whole backbone masks. The unweighted mean over the conv layers is
 also reported (`mean_conv`), since that is what averaging the plotted bars gives.
 
-Layer order and shortcuts: the conv layers are taken in forward order (stem, then the blocks' conv1 /
-conv2 stage by stage) and numbered 0.. (0..32 for ResNet-34), which is the x axis of the paper's
-density plot. The three 1×1 projection shortcuts (`backbone.ds.*`, the model's `ds` module list)
-sit beside that chain rather than in it; like the original plot they are reported (index None,
-kind "shortcut") but excluded from the numbering and from the watershed.
+Layer order and shortcuts come from the model's `TaskStructure`: the shared chain layers in forward
+order (stem, then the blocks' conv1 / conv2 stage by stage) numbered 0.. (0..32 for ResNet-34), which
+is the x axis of the paper's density plot. The three 1×1 projection shortcuts (the structure's side
+layers, the backbone's `ds` module list) sit beside that chain rather than in it; like the original
+plot they are reported (index None, kind "shortcut") but excluded from the numbering and from the
+watershed.
 
 Watershed rule (documented, deterministic): over the conv layers in forward order, with v_i the
 all-task IoU of layer i, the watershed is the layer i ≥ 1 with the largest drop ``v_{i-1} − v_i``
@@ -34,39 +36,21 @@ picks `backbone.blocks.2.0.conv2` (plot index 16), the layer the paper names.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from models import SHARED, owner_of
+from .mask_builder import task_masks
+from .structure import TaskStructure
 
 PAIR_SEP = "_X_"
-SHORTCUT_PREFIX = "backbone.ds."
 
 
 # --------------------------------------------------------------------------------------------------
-# Layers
-
-
-def is_shortcut(name: str) -> bool:
-    """A 1×1 projection shortcut of the backbone (the model's `backbone.ds` module list)."""
-    return name.startswith(SHORTCUT_PREFIX)
-
-
-def backbone_layers(names: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(conv layers in forward order, shortcut layers) among the backbone parameter names given.
-
-    `names` is expected in `prunable_parameters` order (stem, blocks stage by stage, then shortcuts),
-    which is the forward order of the conv chain.
-    """
-    convs, shortcuts = [], []
-    for name in names:
-        if owner_of(name) != SHARED:
-            continue
-        (shortcuts if is_shortcut(name) else convs).append(name)
-    return convs, shortcuts
+# Task pairs
 
 
 def pair_key(a: str, b: str) -> str:
@@ -127,9 +111,15 @@ def compat_counts(masks: Sequence[torch.Tensor]) -> tuple[int, int]:
     return two, h[1] + two
 
 
+def _compat_ratio(num: int, den: int) -> float:
+    """The original's integer division: NaN for 0/0."""
+    return num / den if den else math.nan
+
+
 def compat_iou(masks: Sequence[torch.Tensor]) -> float:
-    """#{M=2}/#{M∈{1,2}} (the original's metric); equals `iou` for two masks only."""
-    return _ratio(*compat_counts(masks))
+    """#{M=2}/#{M∈{1,2}} (the original's metric, NaN when no weight is kept by 1 or 2 of the masks);
+    equals `iou` for two masks, except that two empty masks give NaN here and 1.0 there."""
+    return _compat_ratio(*compat_counts(masks))
 
 
 def watershed(profile: Sequence[float]) -> dict[str, Any] | None:
@@ -169,7 +159,7 @@ class LayerIoU:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "index": self.index, "kind": self.kind, "numel": self.numel,
-                "kept": dict(self.kept), "all": self.all, "pairs": dict(self.pairs), "compat": self.compat}
+                "kept": dict(self.kept), "all": self.all, "pairs": dict(self.pairs), "compat": _json_number(self.compat)}
 
 
 @dataclass
@@ -194,12 +184,18 @@ class IoUReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"tasks": list(self.tasks), "pairs": [pair_key(a, b) for a, b in task_pairs(self.tasks)],
-                "layers": [layer.as_dict() for layer in self.layers], "overall": self.overall,
+                "layers": [layer.as_dict() for layer in self.layers],
+                "overall": {**self.overall, "compat": _json_number(self.overall["compat"])},
                 "watershed": self.watershed, "pair_watersheds": self.pair_watersheds,
                 "watershed_rule": WATERSHED_RULE,
                 "compat_note": "compat = #{M=2}/#{M in {1,2}} with M the number of tasks keeping a weight "
                                "(the original's metric; equals the IoU for two tasks only)",
                 "empty_convention": "IoU of empty masks is 1.0"}
+
+
+def _json_number(value: float) -> float | None:
+    """NaN (the original's 0/0) as None, so the report stays valid JSON."""
+    return None if math.isnan(value) else value
 
 
 def _value(layer: LayerIoU, which: str) -> float:
@@ -210,12 +206,12 @@ def _value(layer: LayerIoU, which: str) -> float:
     return layer.pairs[which]
 
 
-def _check_task_masks(task_masks: Mapping[str, Mapping[str, torch.Tensor]]) -> list[str]:
+def _check_task_masks(task_masks: Mapping[str, Mapping[str, torch.Tensor]], structure: TaskStructure) -> list[str]:
     tasks = list(task_masks)
     if len(tasks) < 2:
         raise ValueError(f"IoU analysis needs at least two tasks, got {tasks}")
     first = task_masks[tasks[0]]
-    names = [n for n in first if owner_of(n) == SHARED]
+    names = [n for n in structure.shared if n in first]
     if not names:
         raise ValueError(f"the mask set of task {tasks[0]!r} holds no backbone layer")
     for task in tasks[1:]:
@@ -229,15 +225,19 @@ def _check_task_masks(task_masks: Mapping[str, Mapping[str, torch.Tensor]]) -> l
     return names
 
 
-def analyse(task_masks: Mapping[str, Mapping[str, torch.Tensor]]) -> IoUReport:
+def analyse(task_masks: Mapping[str, Mapping[str, torch.Tensor]], structure: TaskStructure | None = None) -> IoUReport:
     """Per-layer and pooled IoU of per-task mask sets over the backbone (see the module docstring).
 
     `task_masks`: task -> mask set (head entries, if any, are ignored); the task order is the dict
-    order. The backbone layer order is the order of the first task's mask set.
+    order. `structure`: the model's `TaskStructure` (default: read from the masks' parameter paths,
+    `TaskStructure.from_names`), which gives the layer order and the shortcuts.
     """
-    names = _check_task_masks(task_masks)
+    if structure is None:
+        structure = TaskStructure.from_names([n for per in task_masks.values() for n in per], list(task_masks))
+    names = _check_task_masks(task_masks, structure)
     tasks = list(task_masks)
-    convs, shortcuts = backbone_layers(names)
+    convs = [n for n in names if n not in structure.side_layers]
+    shortcuts = [n for n in names if n in structure.side_layers]
     pairs = task_pairs(tasks)
     pooled = {"all": [0, 0], "compat": [0, 0], **{pair_key(a, b): [0, 0] for a, b in pairs}}
 
@@ -259,12 +259,12 @@ def analyse(task_masks: Mapping[str, Mapping[str, torch.Tensor]]) -> IoUReport:
             layers.append(LayerIoU(
                 name=name, index=position if kind == "conv" else None, kind=kind, numel=masks[0].numel(),
                 kept={t: int(torch.count_nonzero(task_masks[t][name])) for t in tasks},
-                all=_ratio(inter, union), pairs=pair_values, compat=_ratio(c_num, c_den), counts=counts))
+                all=_ratio(inter, union), pairs=pair_values, compat=_compat_ratio(c_num, c_den), counts=counts))
 
     conv_layers = [layer for layer in layers if layer.kind == "conv"]
     overall = {
         "all": _ratio(*pooled["all"]),
-        "compat": _ratio(*pooled["compat"]),
+        "compat": _compat_ratio(*pooled["compat"]),
         "pairs": {pair_key(a, b): _ratio(*pooled[pair_key(a, b)]) for a, b in pairs},
         "mean_conv": (sum(layer.all for layer in conv_layers) / len(conv_layers)) if conv_layers else None,
         "pooled_over": "all backbone layers, shortcuts included",
@@ -281,6 +281,28 @@ def _named_watershed(report: IoUReport, which: str) -> dict[str, Any] | None:
         found["layer"] = report.conv_layers[found["index"]].name
         found["rule"] = WATERSHED_RULE
     return found
+
+
+def restricted_task_masks(scores: Mapping[str, Mapping[str, torch.Tensor]], kept: Mapping[str, torch.Tensor],
+                          keep_ratio: float, structure: TaskStructure | None = None
+                          ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
+    """Per-task top-k restricted to a pruned net's kept weights: task t keeps `keep_ratio` of the weights
+    `kept` keeps in its pool (its scores elsewhere are zeroed and its mask is ANDed with `kept`).
+
+    Returns (task -> mask set over its pool, task -> the keep ratio of its whole pool that this is)."""
+    out, ratios = {}, {}
+    for task, per in scores.items():
+        pool = sum(v.numel() for v in per.values())
+        alive = sum(int(kept[n].sum()) for n in per)
+        k = keep_ratio * alive / pool if pool else 0.0
+        if alive == 0 or int(k * pool) < 1:
+            raise ValueError(f"task {task!r}: the checkpoint keeps {alive} weights of its pool, too few for "
+                             f"--keep-ratio {keep_ratio:g}")
+        masked = {n: v.cpu() * kept[n].to(v.dtype).cpu() for n, v in per.items()}
+        mask = task_masks({task: masked}, k, structure)[task]
+        out[task] = {n: mask[n].cpu() & kept[n] for n in per}
+        ratios[task] = k
+    return out, ratios
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,43 +356,3 @@ def summary_table(report: IoUReport, max_pairs: int = 6) -> str:
     if len(pairs) > len(shown) and multi:
         lines.append(f"({len(pairs) - len(shown)} more pairs in the JSON/CSV)")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------
-# Scoring (shared by iou_analysis.py and static_similarity.py)
-
-
-def score_net(config: Mapping, model: torch.nn.Module, *, seed: int, num_batches: int, method: str,
-              batch_size: int | None = None, device: Any = "cpu", progress: bool = True, split: str = "train",
-              mode: str = "batch_stats") -> dict[str, dict[str, torch.Tensor]]:
-    """Per-task saliency (task -> {param: score}, backbone + own head) of `model`.
-
-    Gradient methods use `num_batches` train batches drawn with a shuffle seeded by `seed` (a short
-    split is restarted with a new shuffle, so `num_batches` is honoured on the 3-frame NYUv2 samples);
-    `seed` also seeds the saliency's own randomness (SNIP's Xavier re-draw, dropout in mode "train").
-    Data-free methods (magnitude, random) read no data. `mode`: see `prune_utils.saliency`.
-    """
-    from .saliency import compute_scores, get_saliency
-    if num_batches < 1:
-        raise ValueError(f"--num_batches must be at least 1, got {num_batches}")
-    tasks = list(config["tasks"])
-    if not getattr(get_saliency(method), "needs_data", True):
-        return compute_scores(model, None, None, tasks, method=method, device=device, generator=seed)
-    from dataloaders import build_loader
-    from engine.losses import build_loss
-    loader = build_loader(config, split, batch_size=batch_size, shuffle=True, seed=seed)
-    loss = build_loss(config, loader.dataset)
-    return compute_scores(model, loader, loss, tasks, method=method, num_batches=num_batches, device=device,
-                          generator=seed, mode=mode, progress=progress)
-
-
-def score_fresh_net(config: Mapping, *, seed: int, num_batches: int, method: str, batch_size: int | None = None,
-                    device: Any = "cpu", progress: bool = True,
-                    mode: str = "batch_stats") -> dict[str, dict[str, torch.Tensor]]:
-    """REFERENCE §8 / §9 scoring: seed everything, build a freshly initialised net, score it per task."""
-    from engine.runtime import seed_everything
-    from models import build_model
-    seed_everything(seed)
-    model = build_model(config, device)
-    return score_net(config, model, seed=seed, num_batches=num_batches, method=method, batch_size=batch_size,
-                     device=device, progress=progress, mode=mode)

@@ -1,16 +1,14 @@
 """Mask sets: `dict[param name -> BoolTensor]` over the prunable weights (True = kept).
 
-Prunable = the `weight` of every `nn.Conv2d` and `nn.Linear` (DESIGN.md contract 2). Biases and
-BatchNorm stay dense. Ownership (backbone vs a task's head) comes from `models.owner_of`.
+Prunable = the `weight` of every `nn.Conv2d` and `nn.Linear` (docs/ARCHITECTURE.md contract 2). Biases
+and BatchNorm stay dense. Which task owns which weight is `prune_utils.structure.TaskStructure`'s job.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
-
-from models import SHARED, owner_of
 
 MaskSet = dict[str, torch.Tensor]
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
@@ -43,19 +41,6 @@ def sparsity(masks: Mapping[str, torch.Tensor]) -> float:
     """Fraction of pruned weights over all prunable weights (the paper's "Sparsity")."""
     kept, total = count(masks)
     return 1.0 - kept / total if total else 0.0
-
-
-def split_by_owner(names: Iterable[str]) -> dict[str, list[str]]:
-    """Owner ("backbone" or a task) -> parameter names, order preserved."""
-    parts: dict[str, list[str]] = {}
-    for name in names:
-        parts.setdefault(owner_of(name), []).append(name)
-    return parts
-
-
-def task_pool(names: Iterable[str], task: str) -> list[str]:
-    """The weights a task's mask covers: the shared backbone plus its own head."""
-    return [n for n in names if owner_of(n) in (SHARED, task)]
 
 
 def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:

@@ -5,7 +5,6 @@ Matplotlib runs with the non-interactive Agg backend, so these work on a headles
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import matplotlib
@@ -14,15 +13,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fileio import atomic_write  # noqa: E402
+
 from .iou import IoUReport, pair_key, task_pairs  # noqa: E402
 
 
 def _atomic_savefig(fig, path: str | os.PathLike, dpi: int) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight"))
 
 
 def iou_bar_plot(report: IoUReport, path: str | os.PathLike, title: str | None = None, dpi: int = 110) -> None:

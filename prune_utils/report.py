@@ -15,17 +15,17 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from models import SHARED, owner_of
+from fileio import atomic_write_json, atomic_write_text
 
 from .masks import PRUNABLE_TYPES, check_masks, prunable_parameters, unwrap
+from .structure import SHARED, TaskStructure
 
 OVERALL = "overall"
 
@@ -34,19 +34,24 @@ def _sparsity(kept: int, total: int) -> float:
     return 1.0 - kept / total if total else 0.0
 
 
-def layer_rows(masks: Mapping[str, torch.Tensor], model: nn.Module | None = None) -> list[dict[str, Any]]:
-    """One row per prunable weight (in the model's order when `model` is given, else the mask set's)."""
+def layer_rows(masks: Mapping[str, torch.Tensor], model: nn.Module | None = None,
+               structure: TaskStructure | None = None) -> list[dict[str, Any]]:
+    """One row per prunable weight (in the model's order when `model` is given, else the mask set's).
+
+    The owner column comes from `structure` (default: the model's, or the masks' parameter paths)."""
     if model is not None:
         check_masks(model, masks)
         names = list(prunable_parameters(model))
+        structure = structure or TaskStructure.from_model(model)
     else:
         names = list(masks)
+        structure = structure or TaskStructure.from_names(names)
     rows = []
     for name in names:
         mask = masks[name]
         total = mask.numel()
         kept = int(mask.count_nonzero())
-        rows.append({"name": name, "owner": owner_of(name), "shape": list(mask.shape), "total": total,
+        rows.append({"name": name, "owner": structure.part(name), "shape": list(mask.shape), "total": total,
                      "kept": kept, "sparsity": _sparsity(kept, total)})
     return rows
 
@@ -117,14 +122,15 @@ def _layer_macs(model: nn.Module, input_size: Sequence[int], device: str | torch
 
 
 def mac_counts(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None,
-               input_size: Sequence[int] = (1, 3, 321, 321), device: str | torch.device = "meta"
-               ) -> dict[str, Any]:
+               input_size: Sequence[int] = (1, 3, 321, 321), device: str | torch.device = "meta",
+               structure: TaskStructure | None = None) -> dict[str, Any]:
     """{"layers": {name: {dense, kept}}, "parts": {part: {dense, kept}}, "dense", "kept", "input_size"}.
 
     Counted for a batch of one (`input_size[0]` only sets the dummy batch). `device="meta"` infers the
     shapes without computing; pass a real device for modules the meta device does not support.
     """
     model = unwrap(model)
+    structure = structure or TaskStructure.from_model(model)
     try:
         dense = _layer_macs(model, input_size, device)
     except (NotImplementedError, RuntimeError):
@@ -141,7 +147,7 @@ def mac_counts(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None
             density = 1.0
         kept = count * density
         layers[name] = {"dense": count, "kept": kept}
-        part = parts.setdefault(owner_of(name), {"dense": 0, "kept": 0.0})
+        part = parts.setdefault(structure.part(name), {"dense": 0, "kept": 0.0})
         part["dense"] += count
         part["kept"] += kept
     total_dense = sum(v["dense"] for v in layers.values())
@@ -151,12 +157,14 @@ def mac_counts(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None
 
 
 def build_report(model: nn.Module, masks: Mapping[str, torch.Tensor],
-                 input_size: Sequence[int] | None = (1, 3, 321, 321)) -> dict[str, Any]:
+                 input_size: Sequence[int] | None = (1, 3, 321, 321),
+                 structure: TaskStructure | None = None) -> dict[str, Any]:
     """Everything at once: {"layers", "summary", "params", "macs"} (MACs skipped when input_size is None)."""
-    rows = layer_rows(masks, model)
+    structure = structure or TaskStructure.from_model(model)
+    rows = layer_rows(masks, model, structure)
     report: dict[str, Any] = {"layers": rows, "summary": summarize(rows), "params": param_counts(model, masks)}
     if input_size is not None:
-        macs = mac_counts(model, masks, input_size)
+        macs = mac_counts(model, masks, input_size, structure=structure)
         for row in rows:
             layer = macs["layers"].get(row["name"], {"dense": 0, "kept": 0.0})
             row["macs_dense"] = layer["dense"]
@@ -211,25 +219,17 @@ def format_table(report_or_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
-    """One CSV line per layer (shape written as e.g. 64x3x7x7)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """One CSV line per layer (shape written as e.g. 64x3x7x7), written atomically."""
     fields = ["name", "owner", "shape", "total", "kept", "sparsity"]
     if rows and "macs_dense" in rows[0]:
         fields += ["macs_dense", "macs_kept"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "shape": "x".join(str(s) for s in row["shape"])})
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\r\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "shape": "x".join(str(s) for s in row["shape"])})
+    atomic_write_text(path, buffer.getvalue())
 
 
 def write_json(report: Mapping[str, Any], path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(path, report)

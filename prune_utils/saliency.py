@@ -1,7 +1,7 @@
-r"""Per-task saliency scores, by registry name (REFERENCE.md §5.1, §5.2).
+r"""Per-task saliency scores, by registry name (docs/ORIGINAL.md §5.1, §5.2).
 
 `compute_scores(model, batches, loss_fn, tasks, method=...)` returns `{task: {param name: FloatTensor}}`
-covering each task's pool (the backbone followed by the task's own head, `prune_utils.masks.task_pool`),
+covering each task's pool (the backbone followed by the task's own head, `TaskStructure.pool`),
 on the CPU. With `task_agnostic_weights={task: λ}` it returns one score over every prunable weight,
 `{ALL: {...}}` (`ALL == "__all__"`), from the weighted summed loss: the SNIP / random / magnitude
 baselines, masked with `mask_builder.global_topk`.
@@ -30,7 +30,7 @@ once at the end; the returned per-parameter tensors are views into that buffer.
 Modes: train-mode batch norm, dropout, determinism
 --------------------------------------------------
 The original scores a network in train mode: batch-statistic BN **and active dropout** (p = 0.5 in the
-heads), so its masks change from run to run (REFERENCE.md §11 item 24). `mode` chooses:
+heads), so its masks change from run to run (docs/ORIGINAL.md §11 item 24). `mode` chooses:
 
 * `"batch_stats"` (default): BN uses batch statistics (as the original: at a fresh init the running
   statistics mean nothing), dropout is off. Scores are a deterministic function of the data and the
@@ -62,9 +62,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from models import SHARED, owner_of
-
 from .masks import prunable_parameters, unwrap
+from .structure import TaskStructure
 
 ALL = "__all__"
 MODES = ("batch_stats", "train", "eval")
@@ -143,18 +142,13 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def _pools(names: Sequence[str], tasks: Sequence[str]) -> dict[str, list[str]]:
-    """task -> backbone names then the task's head names (the pool order mask_builder uses)."""
-    owners = {n: owner_of(n) for n in names}
-    backbone = [n for n in names if owners[n] == SHARED]
-    pools = {}
-    for task in tasks:
-        head = [n for n in names if owners[n] == task]
-        if not head:
-            heads = sorted({o for o in owners.values() if o != SHARED})
-            raise ValueError(f"the model has no head for task {task!r} (heads: {', '.join(heads)})")
-        pools[task] = backbone + head
-    return pools
+def _layout(model: nn.Module, tasks: Sequence[str], structure: TaskStructure | None,
+            task_agnostic: bool) -> dict[str, list[str]]:
+    """ALL -> every prunable weight, or task -> its pool (backbone names then head names)."""
+    if task_agnostic:
+        return {ALL: list(prunable_parameters(model))}
+    structure = structure or TaskStructure.from_model(model)
+    return {task: list(structure.pool(task)) for task in tasks}
 
 
 class _FlatScores:
@@ -236,7 +230,8 @@ class GradientSaliency:
     def __call__(self, model: nn.Module, batches: Iterable, loss_fn: Any, tasks: Sequence[str], *,
                  num_batches: int | None = None, device: Any = None, generator: Any = None,
                  task_agnostic_weights: Mapping[str, float] | None = None, shared_forward: bool = True,
-                 mode: str = "batch_stats", progress: bool | None = None, input_key: str = "img") -> ScoreDict:
+                 mode: str = "batch_stats", progress: bool | None = None, input_key: str = "img",
+                 structure: TaskStructure | None = None) -> ScoreDict:
         from tqdm import tqdm
 
         tasks = _check_tasks(tasks, task_agnostic_weights)
@@ -249,13 +244,9 @@ class GradientSaliency:
         probe = self.probe(model, torch.Generator().manual_seed(seed)).to(device)
         _set_mode(probe, mode)
         weights = prunable_parameters(probe)
-        names = list(weights)
         for param in probe.parameters():
             param.requires_grad_(False)
-        if task_agnostic_weights is not None:
-            layout = {ALL: names}
-        else:
-            layout = _pools(names, tasks)
+        layout = _layout(model, tasks, structure, task_agnostic_weights is not None)
         for key_names in layout.values():
             for name in key_names:
                 weights[name].requires_grad_(True)
@@ -308,12 +299,13 @@ class WeightSaliency:
 
     def __call__(self, model: nn.Module, batches: Iterable | None = None, loss_fn: Any = None,
                  tasks: Sequence[str] = (), *, task_agnostic_weights: Mapping[str, float] | None = None,
-                 generator: Any = None, device: Any = None, **_: Any) -> ScoreDict:
+                 generator: Any = None, device: Any = None, structure: TaskStructure | None = None,
+                 **_: Any) -> ScoreDict:
         tasks = _check_tasks(tasks, task_agnostic_weights)
         model = unwrap(model)
         gen = torch.Generator().manual_seed(_base_seed(make_generator(generator)))
         weights = {n: w.detach().cpu() for n, w in prunable_parameters(model).items()}
-        layout = {ALL: list(weights)} if task_agnostic_weights is not None else _pools(list(weights), tasks)
+        layout = _layout(model, tasks, structure, task_agnostic_weights is not None)
         out = _FlatScores(layout, {n: w.shape for n, w in weights.items()}, torch.device("cpu"))
         with torch.no_grad():
             for key, views in out.views.items():
@@ -382,7 +374,8 @@ def compute_scores(model: nn.Module, batches: Iterable[Mapping[str, Any]] | None
                    tasks: Sequence[str], method: str = "snip", num_batches: int | None = None, device: Any = None,
                    generator: torch.Generator | int | None = None,
                    task_agnostic_weights: Mapping[str, float] | None = None, *, shared_forward: bool = True,
-                   mode: str = "batch_stats", progress: bool | None = None, input_key: str = "img") -> ScoreDict:
+                   mode: str = "batch_stats", progress: bool | None = None, input_key: str = "img",
+                   structure: TaskStructure | None = None) -> ScoreDict:
     """Per-task saliency `{task: {param name: FloatTensor (CPU)}}` over each task's pool.
 
     `batches`: dicts with `input_key` (the image) and the targets `loss_fn` reads; the first
@@ -391,8 +384,9 @@ def compute_scores(model: nn.Module, batches: Iterable[Mapping[str, Any]] | None
     its `.single` is used). `task_agnostic_weights={task: λ}` scores all weights at once from
     Σ_t λ_t L_t and returns `{ALL: {...}}`. See the module docstring for `mode`, `shared_forward`, seeds
     and distributed runs. Data-free methods (`magnitude`, `random`) ignore `batches` and `loss_fn`.
+    `structure`: the model's `TaskStructure` (default: `TaskStructure.from_model(model)`).
     """
     saliency = get_saliency(method)
     return saliency(model, batches, loss_fn, tasks, num_batches=num_batches, device=device, generator=generator,
                     task_agnostic_weights=task_agnostic_weights, shared_forward=shared_forward, mode=mode,
-                    progress=progress, input_key=input_key)
+                    progress=progress, input_key=input_key, structure=structure)

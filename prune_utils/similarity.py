@@ -1,9 +1,9 @@
-"""Meta-Sparse task similarity from per-task sparse masks (REFERENCE.md §9).
+"""Meta-Sparse task similarity from per-task sparse masks (docs/ORIGINAL.md §9).
 
-For each task the static DiSparse saliency (SNIP on a fresh net, §5.1) gives scores over the task's
-pool (backbone + own head); the task's keep mask at keep ratio k is its exact top-k over that pool.
-No arbiter: the masks stay per task. Two tasks are compared over the **backbone layers**, all of them
-(the 33 chain convs in forward order, then the 3 shortcuts, i.e. the model's `prunable_parameters`
+For each task the static DiSparse saliency (SNIP on a fresh net, docs/ORIGINAL.md §5.1) gives scores
+over the task's pool (backbone + own head); the task's keep mask at keep ratio k is its exact top-k over
+that pool. No arbiter: the masks stay per task. Two tasks are compared over the **backbone layers**, all
+of them (the 33 chain convs in forward order, then the 3 shortcuts, i.e. `TaskStructure.shared` in layer
 order, as the original), layer by layer:
 
 | `sim_method` | report name | per-layer value |
@@ -16,8 +16,8 @@ order, as the original), layer by layer:
 Cosines are scale-invariant, so normalising a task's scores by their pool sum (as the original does)
 changes nothing; two all-zero vectors have cosine 1, one all-zero vector gives 0.
 
-Layer weights w_l (l = 0-based layer index in the order above; s = a task's sparsity of the *whole*
-layer, the fraction of its weights the task prunes):
+Layer weights w_l (l = 0-based layer index in the order above; of the *whole* layer, n = the number of
+weights a task keeps, s = its sparsity, the fraction it prunes):
 
 | `layer_method` | w_l |
 |---|---|
@@ -27,14 +27,14 @@ layer, the fraction of its weights the task prunes):
 | `five_zeros` | 0 for l < 5, else 1 ("step like" in the report) |
 | `av_sparsity` | s_a + s_b ("sparsity" in the report) |
 | `min_sparsity` | min(s_a, s_b) |
-| `epi_like` | 1 − \\|s_a − s_b\\| / max(s_a + s_b, 1e-9) |
+| `epi_like` | 1 − \\|n_a − n_b\\| / max(n_a + n_b, 1e-9): the EPI formula on kept counts, as Meta-Sparse |
 
 Pair score = Σ w_l·sim_l / Σ w_l (NaN when Σ w_l = 0), then the unweighted mean over the keep ratios
 of the requested sparsities, then the mean over seeds.
 
 **The original's bug** (§9.1, §11.9): its last three weightings index the already-selected layer
-tensor by the layer number, so they measure the sparsity of *output-channel row l of layer l*
-instead of the whole layer. This module computes the whole layer. The buggy variant exists only as
+tensor by the layer number, so they measure the sparsity (and kept count) of *output-channel row l of
+layer l* instead of the whole layer. This module computes the whole layer. The buggy variant exists only as
 an explicit compatibility switch (`compat_row_slice=True`, CLI `--compat_row_slice`), stored in
 `table.json` under a separate `{layer_method}-rowslice` key so the two never mix.
 
@@ -47,17 +47,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from models import SHARED, owner_of
+from fileio import atomic_write, atomic_write_json, read_json
 
 from .iou import PAIR_SEP, iou as _iou
 
@@ -111,24 +109,14 @@ def layer_similarity(method: str, mask_a: torch.Tensor, mask_b: torch.Tensor,
     raise ValueError(f"unknown similarity method {method!r} (expected one of {', '.join(SIM_METHODS)})")
 
 
-def layer_sparsity(mask: torch.Tensor) -> float:
-    """Fraction of the layer's weights the mask prunes (the whole layer)."""
-    return 1.0 - float(torch.count_nonzero(mask)) / mask.numel() if mask.numel() else 0.0
-
-
-def row_slice_sparsity(mask: torch.Tensor, layer_index: int) -> float:
-    """The original's buggy "layer sparsity": the sparsity of output-channel row `layer_index` (compat only)."""
-    if layer_index >= mask.shape[0]:
-        raise ValueError(f"--compat_row_slice: layer {layer_index} has only {mask.shape[0]} output channels, "
-                         f"so the original's row slice does not exist (it would crash too)")
-    return layer_sparsity(mask[layer_index])
-
-
-def layer_weights(method: str, sparsity_a: Sequence[float], sparsity_b: Sequence[float]) -> np.ndarray:
-    """w_l for every layer given the two tasks' per-layer sparsities (ignored by the index weightings)."""
-    n = len(sparsity_a)
+def layer_weights(method: str, kept_a: Sequence[float], kept_b: Sequence[float], sizes: Sequence[float]) -> np.ndarray:
+    """w_l for every layer given the two tasks' kept counts per layer and the layers' sizes (the sparsity
+    is 1 − kept/size; the index weightings ignore all three)."""
+    n = len(kept_a)
     idx = np.arange(n, dtype=np.float64)
-    sa, sb = np.asarray(sparsity_a, dtype=np.float64), np.asarray(sparsity_b, dtype=np.float64)
+    na, nb = np.asarray(kept_a, dtype=np.float64), np.asarray(kept_b, dtype=np.float64)
+    size = np.asarray(sizes, dtype=np.float64)
+    sa, sb = 1.0 - na / size, 1.0 - nb / size
     if method == "equal":
         return np.ones(n)
     if method == "linear":
@@ -142,7 +130,7 @@ def layer_weights(method: str, sparsity_a: Sequence[float], sparsity_b: Sequence
     if method == "min_sparsity":
         return np.minimum(sa, sb)
     if method == "epi_like":
-        return 1.0 - np.abs(sa - sb) / np.maximum(sa + sb, EPS)
+        return 1.0 - np.abs(na - nb) / np.maximum(na + nb, EPS)
     raise ValueError(f"unknown layer method {method!r} (expected one of {', '.join(LAYER_METHODS)})")
 
 
@@ -159,28 +147,42 @@ def weighted_score(values: Sequence[float], weights: Sequence[float]) -> float:
 
 @dataclass
 class LayerStats:
-    """Per-layer similarities of every task pair (self-pairs included) and per-task layer sparsities."""
+    """Per-layer similarities of every task pair (self-pairs included) and per-task kept counts, of the
+    whole layer and of the original's row slice (output-channel row l of layer l; NaN = no such row)."""
     tasks: list[str]
     layers: list[str]
     keep_ratio: float
     sims: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
-    sparsity: dict[str, np.ndarray] = field(default_factory=dict)
-    row_sparsity: dict[str, np.ndarray] = field(default_factory=dict)   # the original's bug; NaN = no row
+    kept: dict[str, np.ndarray] = field(default_factory=dict)
+    sizes: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    row_kept: dict[str, np.ndarray] = field(default_factory=dict)
+    row_sizes: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def sparsity(self) -> dict[str, np.ndarray]:
+        """Per task, the fraction of each layer's weights it prunes."""
+        return {t: 1.0 - k / self.sizes for t, k in self.kept.items()}
+
+    @property
+    def row_sparsity(self) -> dict[str, np.ndarray]:
+        """Per task, the original's buggy "layer sparsity" (of row l of layer l)."""
+        return {t: 1.0 - k / self.row_sizes for t, k in self.row_kept.items()}
 
     def pair(self, a: str, b: str) -> dict[str, np.ndarray]:
         return self.sims[(a, b)] if (a, b) in self.sims else self.sims[(b, a)]
 
-    def score(self, a: str, b: str, sim_method: str, layer_method: str, compat_row_slice: bool = False) -> float:
-        values = self.pair(a, b)[sim_method]
+    def weights(self, a: str, b: str, layer_method: str, compat_row_slice: bool = False) -> np.ndarray:
+        """w_l of the pair (see `layer_weights`); `compat_row_slice` reads the original's row slices."""
         if compat_row_slice and layer_method in SPARSITY_WEIGHTINGS:
-            sa, sb = self.row_sparsity[a], self.row_sparsity[b]
-            if np.isnan(sa).any() or np.isnan(sb).any():
-                bad = self.layers[int(np.flatnonzero(np.isnan(sa) | np.isnan(sb))[0])]
+            if np.isnan(self.row_sizes).any():
+                bad = self.layers[int(np.flatnonzero(np.isnan(self.row_sizes))[0])]
                 raise ValueError(f"--compat_row_slice: layer {bad} has fewer output channels than its index, so the "
                                  f"original's row slice does not exist (it would crash too)")
-        else:
-            sa, sb = self.sparsity[a], self.sparsity[b]
-        return weighted_score(values, layer_weights(layer_method, sa, sb))
+            return layer_weights(layer_method, self.row_kept[a], self.row_kept[b], self.row_sizes)
+        return layer_weights(layer_method, self.kept[a], self.kept[b], self.sizes)
+
+    def score(self, a: str, b: str, sim_method: str, layer_method: str, compat_row_slice: bool = False) -> float:
+        return weighted_score(self.pair(a, b)[sim_method], self.weights(a, b, layer_method, compat_row_slice))
 
 
 def _gram_cosine(x: torch.Tensor) -> torch.Tensor:
@@ -226,14 +228,19 @@ def layer_values(masks: Sequence[torch.Tensor], sals: Sequence[torch.Tensor] | N
 def layer_stats(task_masks: Mapping[str, Mapping[str, torch.Tensor]], scores: Mapping[str, Mapping[str, torch.Tensor]],
                 layers: Sequence[str], keep_ratio: float = float("nan"),
                 sim_methods: Sequence[str] = SIM_METHODS) -> LayerStats:
-    """Per-layer similarity values for all task pairs (a <= b in task order) and the per-task sparsities."""
+    """Per-layer similarity values for all task pairs (a <= b in task order) and the per-task kept counts."""
     tasks = list(task_masks)
-    stats = LayerStats(tasks=tasks, layers=list(layers), keep_ratio=keep_ratio)
+    first = [task_masks[tasks[0]][name] for name in layers]
+    has_row = [l < m.shape[0] for l, m in enumerate(first)]
+    stats = LayerStats(tasks=tasks, layers=list(layers), keep_ratio=keep_ratio,
+                       sizes=np.array([m.numel() for m in first], dtype=np.float64),
+                       row_sizes=np.array([m[l].numel() if ok else np.nan for l, (m, ok) in enumerate(zip(first, has_row))],
+                                          dtype=np.float64))
     for t in tasks:
         masks = [task_masks[t][name] for name in layers]
-        stats.sparsity[t] = np.array([layer_sparsity(m) for m in masks])
-        stats.row_sparsity[t] = np.array([row_slice_sparsity(m, l) if l < m.shape[0] else np.nan
-                                          for l, m in enumerate(masks)])
+        stats.kept[t] = np.array([int(torch.count_nonzero(m)) for m in masks], dtype=np.float64)
+        stats.row_kept[t] = np.array([int(torch.count_nonzero(m[l])) if ok else np.nan
+                                      for l, (m, ok) in enumerate(zip(masks, has_row))], dtype=np.float64)
     need_sals = any(m in ("sals", "masked_sals") for m in sim_methods)
     per_layer = [layer_values([task_masks[t][name] for t in tasks],
                               [scores[t][name] for t in tasks] if need_sals else None, sim_methods)
@@ -263,11 +270,6 @@ def similarity_matrix(stats_grid: Sequence[Sequence[LayerStats]], sim_method: st
                                        for st in per_ratio]))
                 per_seed[s, i, j] = per_seed[s, j, i] = value
     return per_seed.mean(axis=0)
-
-
-def backbone_layer_names(names: Iterable[str]) -> list[str]:
-    """The backbone's prunable layers in the given (prunable_parameters) order: chain convs, then shortcuts."""
-    return [n for n in names if owner_of(n) == SHARED]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,21 +356,11 @@ def cache_path(cache_dir: str | os.PathLike, key: Mapping[str, Any]) -> Path:
 def save_scores(path: str | os.PathLike, scores: Mapping[str, Mapping[str, torch.Tensor]],
                 key: Mapping[str, Any]) -> None:
     """Atomic npz of float32 arrays `"<task>|<param>"` plus a JSON record (`__meta__`) of key and order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     order = {t: list(per_task) for t, per_task in scores.items()}
     arrays = {f"{t}|{name}": v.detach().to("cpu", torch.float32).numpy()
               for t, per_task in scores.items() for name, v in per_task.items()}
     arrays["__meta__"] = np.array(json.dumps({"key": dict(key), "order": order}))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 def load_scores(path: str | os.PathLike, key: Mapping[str, Any] | None = None) -> dict[str, dict[str, torch.Tensor]] | None:
@@ -388,13 +380,13 @@ def load_scores(path: str | os.PathLike, key: Mapping[str, Any] | None = None) -
 
 
 def cached_scores(config: Mapping, *, seed: int, num_batches: int, method: str, batch_size: int,
-                  cache_dir: str | os.PathLike, force: bool = False, device: Any = "cpu", mode: str = "batch_stats",
-                  scorer: Callable[..., Mapping[str, Mapping[str, torch.Tensor]]] | None = None,
+                  cache_dir: str | os.PathLike, scorer: Callable[..., Mapping[str, Mapping[str, torch.Tensor]]],
+                  force: bool = False, device: Any = "cpu", mode: str = "batch_stats",
                   progress: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], bool]:
-    """(scores, computed): the cached scores for this key, else computed (and cached) on a fresh net.
+    """(scores, computed): the cached scores for this key, else computed (and cached) by `scorer`.
 
     `force` recomputes and overwrites. `scorer(config, seed=, num_batches=, method=, batch_size=,
-    device=, progress=, mode=)` defaults to `prune_utils.iou.score_fresh_net`.
+    device=, progress=, mode=)` scores a fresh net (the tools pass `methods.scoring.score_fresh_net`).
     """
     key = cache_key(config, seed=seed, num_batches=num_batches, method=method, batch_size=batch_size, mode=mode)
     path = cache_path(cache_dir, key)
@@ -402,8 +394,6 @@ def cached_scores(config: Mapping, *, seed: int, num_batches: int, method: str, 
         cached = load_scores(path, key)
         if cached is not None:
             return cached, False
-    if scorer is None:
-        from .iou import score_fresh_net as scorer
     scores = scorer(config, seed=seed, num_batches=num_batches, method=method, batch_size=batch_size,
                     device=device, progress=progress, mode=mode)
     scores = {t: {n: v.detach().to("cpu", torch.float32) for n, v in per.items()} for t, per in scores.items()}
@@ -424,40 +414,19 @@ def entry_key(sparsities: Sequence[float], a: str, b: str) -> str:
     return f"{sparsity_label(sparsities)}{PAIR_SEP}{a}{PAIR_SEP}{b}"
 
 
-def _clean(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-
-
 def update_table(path: str | os.PathLike, cell: str, entries: Mapping[str, float]) -> dict:
     """Read `path` (created if missing), set `table[cell][entry] = value`, write it back atomically."""
     path = Path(path)
-    table: dict = {}
-    if path.is_file():
-        try:
-            table = json.loads(path.read_text(encoding="utf-8") or "{}")
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"table file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(table, dict):
-            raise ValueError(f"table file {path} does not hold a JSON object")
+    table = read_json(path, "table file", dict) if path.is_file() and path.stat().st_size else {}
     table.setdefault(cell, {})
-    table[cell].update({k: _clean(v) for k, v in entries.items()})
+    table[cell].update({k: float(v) for k, v in entries.items()})
     write_json(path, table)
     return table
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Standard JSON written atomically; an undefined (NaN) score is written as null."""
+    atomic_write_json(path, obj, nonfinite="null")
 
 
 def _split_entry(entry: str) -> tuple[str, str] | None:

@@ -11,15 +11,15 @@ The trainer drives a controller through a fixed protocol::
     checkpoint["sparsity_state"] = ctl.state_dict()   # plain tensors / numbers / strings
 
 `StaticSparsity` keeps a fixed mask set (pruned nets, LTH rounds). `DynamicSparsity` implements
-dynamic sparse training for `disparse_dynamic` (REFERENCE.md §6) and `rigl`.
+dynamic sparse training for `disparse_dynamic` (docs/ORIGINAL.md §6) and `rigl`.
 
 Why pruned weights stay exactly zero under Adam with coupled L2 weight decay: the grad hook turns the
 loss gradient at a pruned position into 0, the weight there is 0, so the L2 term wd * w adds 0, the
 moments (cleared at `attach`) stay 0 and the update 0 / (sqrt(0) + eps) is 0. Decoupled decay (AdamW)
 only scales the weight (0 stays 0); SGD with momentum likewise. So the invariant holds without touching
 the weights after each step, and `after_step` re-zeroes them only every `reapply_every` steps (default
-100) as a safety net against anything else writing there: a multiply over every prunable weight each step
-cost about 4 % of a small net's step time (bench/bench_train_step.py), the amortised net costs nothing.
+100) as a safety net against anything else writing there (a multiply over every prunable weight each step
+has a measurable cost, docs/BENCHMARKS.md (c); amortised it costs nothing).
 Re-zeroing weights that are already zero changes no value, so it does not disturb bit-identical resumes.
 
 Hooks are tensor hooks on the weights, so they run before gradient accumulation: under DDP the
@@ -43,13 +43,12 @@ Dynamic sparse training, and where it deliberately differs from the original cod
   from the global RNG (captured by the trainer's RNG state).
 * `disparse`: each task's unweighted loss, one shared forward per slice, one `autograd.grad` per task
   over its pool (backbone + own head). Head layers grow their own task's top-n. Backbone layers let the
-  arbiter decide with exact counts: each task ranks the candidates (0 = best); the arbiter's quorum q
-  (`unanimous` = union: q = 1; `majority`: q = floor(T/2) + 1; `intersection`: q = T) orders the
-  candidates by their q-th best rank over tasks, i.e. the order in which they enter
-  arbiter(top-k_1, ..., top-k_T) as k grows; ties by the sum of ranks, then by flat index. Taking the
-  first n gives exactly the original union of per-task top-k sets whenever that union has n elements,
-  and fills to exactly n otherwise. (The static arbiters of `prune_utils.arbiters` combine boolean
-  masks; growth needs ranked candidates, so it uses this quorum form, implemented locally.)
+  arbiter decide with exact counts (`Arbiter.select_growth`, the same arbiter objects as static pruning):
+  each task ranks the candidates (0 = best); the arbiter's quorum q (`unanimous` = union: q = 1;
+  `majority`: q = ceil(T/2); `intersection`: q = T) orders the candidates by their q-th best rank over
+  tasks, i.e. the order in which they enter arbiter(top-k_1, ..., top-k_T) as k grows; ties by the sum
+  of ranks, then by flat index. Taking the first n gives exactly the original union of per-task top-k
+  sets whenever that union has n elements, and fills to exactly n otherwise.
 * `rigl`: gradient of the weighted multitask loss over all layers, top-n inactive per layer.
 * Grown weights start at exactly zero and their optimizer state (every tensor of the parameter's
   shape: Adam exp_avg, exp_avg_sq, max_exp_avg_sq, SGD momentum) is zeroed at the dropped and grown
@@ -73,89 +72,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from models import SHARED, owner_of
-
-from .erk import erk_random_masks, keep_count
+from .arbiters import get_arbiter, select_growth
+from .erk import erk_random_masks
 from .masks import MaskSet, check_masks, prunable_parameters, sparsity as mask_sparsity, unwrap
+from .structure import SHARED, TaskStructure
+from .topk import keep_count_round
 
 STATE_VERSION = 1
 MODES = ("disparse", "rigl")
-# Vote thresholds of the static arbiters (`prune_utils.arbiters`), used when that module is absent.
-_FALLBACK_VOTES: dict[str, Callable[[int], int]] = {
-    "unanimous": lambda t: 1, "intersection": lambda t: t, "majority": lambda t: math.ceil(t / 2)}
-
-
-def arbiter_quorum(arbiter: Any, num_tasks: int) -> int:
-    """Votes (tasks) a backbone position needs to grow: the static arbiter's vote threshold.
-
-    `arbiter` is a registry name of `prune_utils.arbiters` (`unanimous` = any task: 1, `majority`:
-    ceil(T/2), `intersection`: all T), a vote arbiter object (anything with `min_votes(T)`), or an
-    int. Score-based arbiters (`mean_score`) have no vote threshold and are refused for growth.
-    """
-    if isinstance(arbiter, bool):
-        raise ValueError(f"unknown growth arbiter {arbiter!r}")
-    if isinstance(arbiter, int):
-        votes = arbiter
-    else:
-        if isinstance(arbiter, str):
-            try:
-                from .arbiters import ARBITERS
-            except ImportError:  # the static arbiters are not there: the same thresholds, locally
-                ARBITERS = {}
-            if arbiter in ARBITERS:
-                arbiter = ARBITERS[arbiter]
-            elif arbiter in _FALLBACK_VOTES and not ARBITERS:
-                return _check_votes(_FALLBACK_VOTES[arbiter](num_tasks), num_tasks, arbiter)
-            else:
-                known = ", ".join(ARBITERS or _FALLBACK_VOTES)
-                raise ValueError(f"unknown growth arbiter {arbiter!r} (expected one of {known})")
-        min_votes = getattr(arbiter, "min_votes", None)
-        if min_votes is None:
-            name = getattr(arbiter, "name", arbiter)
-            raise ValueError(f"arbiter {name!r} has no vote threshold; dynamic growth supports vote arbiters "
-                             f"(unanimous, majority, intersection) or an int quorum")
-        votes = int(min_votes(num_tasks))
-    return _check_votes(votes, num_tasks, arbiter)
-
-
-def _check_votes(votes: int, num_tasks: int, arbiter: Any) -> int:
-    if not 1 <= votes <= num_tasks:
-        raise ValueError(f"growth arbiter {getattr(arbiter, 'name', arbiter)!r} asks for {votes} votes "
-                         f"out of {num_tasks} tasks")
-    return votes
-
-
-def select_growth(candidates: torch.Tensor, scores: Sequence[torch.Tensor], n: int, quorum: int = 1) -> torch.Tensor:
-    """Flat indices of the `n` candidate positions to grow, best first.
-
-    `candidates` is a flat bool tensor (True = may grow); `scores` holds one flat score tensor per task
-    (higher = wanted more). Each task ranks the candidates by descending score (ties: lower index
-    first); positions are ordered by their `quorum`-th smallest rank over tasks, then by the sum of
-    their ranks, then by index. With one task this is plain top-n.
-    """
-    cand_idx = torch.nonzero(candidates.reshape(-1), as_tuple=False).squeeze(1)
-    count = cand_idx.numel()
-    if n < 0 or n > count:
-        raise ValueError(f"cannot grow {n} positions out of {count} candidates")
-    if n == 0:
-        return cand_idx[:0]
-    if not scores:
-        raise ValueError("select_growth needs at least one score tensor")
-    orders = [torch.sort(s.reshape(-1)[cand_idx], descending=True, stable=True).indices for s in scores]
-    if len(orders) == 1:
-        return cand_idx[orders[0][:n]]
-    if not 1 <= quorum <= len(orders):
-        raise ValueError(f"quorum must lie in 1..{len(orders)}, got {quorum}")
-    positions = torch.arange(count, device=cand_idx.device)
-    ranks = torch.empty((len(orders), count), dtype=torch.long, device=cand_idx.device)
-    for t, order in enumerate(orders):
-        ranks[t, order] = positions
-    key = torch.sort(ranks, dim=0).values[quorum - 1]
-    total = ranks.sum(dim=0)
-    # lexicographic (key, total, index) with two stable sorts
-    by_total = torch.sort(total, stable=True).indices
-    by_key = torch.sort(key[by_total], stable=True).indices
-    return cand_idx[by_total[by_key][:n]]
 
 
 def split_batch(batch: Mapping[str, Any], parts: int) -> list[dict[str, Any]]:
@@ -319,6 +243,8 @@ class DynamicSparsity(StaticSparsity):
     Give either `masks` (initial mask set; targets default to its per-layer counts) or `model` and
     `density` (random ERK masks drawn with `generator`, ERK targets). `target_densities` overrides the
     per-layer targets (counts `round(d * N)`), reached exactly by the final update at `end`.
+    `structure`: the model's `TaskStructure` (default: `TaskStructure.from_model` of `model`, or of the
+    model given to `attach`); `tasks` defaults to its tasks.
     `task_loss(task, pred, batch)` is the unweighted single-task loss (`disparse`);
     `total_loss(preds, batch)` the weighted multitask loss, a tensor or `(total, parts)` (`rigl`).
     """
@@ -332,7 +258,7 @@ class DynamicSparsity(StaticSparsity):
                  task_loss: Callable[[str, torch.Tensor, Mapping[str, Any]], torch.Tensor] | None = None,
                  total_loss: Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], Any] | None = None,
                  arbiter: Any = "unanimous", growth_splits: int = 1,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, structure: TaskStructure | None = None) -> None:
         if (masks is None) == (model is None or density is None):
             raise ValueError("DynamicSparsity needs either `masks` or both `model` and `density`")
         if masks is None:
@@ -347,7 +273,7 @@ class DynamicSparsity(StaticSparsity):
             if missing:
                 raise ValueError(f"target densities miss {missing[:3]}")
             self.target_densities = {n: float(target_densities[n]) for n in self.masks}
-            self.target_counts = {n: keep_count(d, self.masks[n].numel()) for n, d in self.target_densities.items()}
+            self.target_counts = {n: keep_count_round(d, self.masks[n].numel()) for n, d in self.target_densities.items()}
         if mode not in MODES:
             raise ValueError(f"unknown dynamic sparsity mode {mode!r} (expected disparse or rigl)")
         if int(interval) < 1 or int(end) < 0 or not 0.0 <= float(drop_fraction) <= 1.0 or int(growth_splits) < 1:
@@ -360,7 +286,10 @@ class DynamicSparsity(StaticSparsity):
         self.interval, self.end = int(interval), int(end)
         self.initial_drop_fraction = float(drop_fraction)
         self.mode = mode
-        self.tasks = list(tasks) if tasks is not None else (list(unwrap(model).task_names) if model is not None else None)
+        if structure is None and model is not None:
+            structure = TaskStructure.from_model(model)
+        self.structure = structure
+        self.tasks = list(tasks) if tasks is not None else (list(structure.tasks) if structure is not None else None)
         self.task_loss, self.total_loss = task_loss, total_loss
         self.arbiter = arbiter
         self.growth_splits = int(growth_splits)
@@ -377,14 +306,13 @@ class DynamicSparsity(StaticSparsity):
             return 0.0
         return self.initial_drop_fraction / 2.0 * (1.0 + math.cos(math.pi * iteration / self.end))
 
-    def is_update_iteration(self, iteration: int) -> bool:
-        return not self.frozen and (iteration >= self.end or iteration % self.interval == 0)
-
     # ------------------------------------------------------------------ protocol
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+        if self.structure is None:
+            self.structure = TaskStructure.from_model(model)
         if self.tasks is None:
-            self.tasks = list(unwrap(model).task_names)
-            self._check_tasks()
+            self.tasks = list(self.structure.tasks)
+        self._check_tasks()
         super().attach(model, optimizer)
 
     def before_step(self, iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -442,11 +370,13 @@ class DynamicSparsity(StaticSparsity):
         return str(getattr(self.arbiter, "name", type(self.arbiter).__name__))
 
     def _check_tasks(self) -> None:
-        owners = {owner_of(n) for n in self.masks} - {SHARED}
-        unknown = sorted(owners - set(self.tasks))
-        if unknown:
-            raise ValueError(f"heads {unknown} belong to no task in {self.tasks}")
-        arbiter_quorum(self.arbiter, len(self.tasks))
+        """The growth arbiter can arbitrate these tasks; every head in the masks belongs to one of them."""
+        get_arbiter(self.arbiter).quorum(len(self.tasks))
+        if self.structure is not None:
+            owners = {self.structure.part(n) for n in self.masks} - {SHARED}
+            unknown = sorted(owners - set(self.tasks))
+            if unknown:
+                raise ValueError(f"heads {unknown} belong to no task in {self.tasks}")
 
     def _update(self, iteration: int, model: nn.Module, batch: Mapping[str, Any],
                 device: torch.device | str | None, alpha: float, final: bool) -> dict:
@@ -475,19 +405,19 @@ class DynamicSparsity(StaticSparsity):
                     dropped[order] = True
                     reset[name] = dropped
                     weight.masked_fill_(dropped.view_as(mask), 0)  # the growth gradient sees the sparse net
-                    dropped_n[owner_of(name)] += n_drop
+                    dropped_n[self.structure.part(name)] += n_drop
                 if n_grow:
                     grow[name] = n_grow
             if grow:
                 scores = self._growth_scores(net, batch, device, list(grow))
-                quorum = arbiter_quorum(self.arbiter, len(self.tasks))
+                arbiter = get_arbiter(self.arbiter)
                 for name, n_grow in grow.items():
-                    owner = owner_of(name)
+                    owner = self.structure.part(name)
                     flat = self.masks[name].view(-1)
                     if self.mode == "rigl":
                         chosen = select_growth(~flat, [scores[name]], n_grow)
                     elif owner == SHARED:
-                        chosen = select_growth(~flat, [scores[t][name] for t in self.tasks], n_grow, quorum)
+                        chosen = arbiter.select_growth(~flat, [scores[t][name] for t in self.tasks], n_grow)
                     else:
                         chosen = select_growth(~flat, [scores[owner][name]], n_grow)
                     flat[chosen] = True
@@ -519,7 +449,10 @@ class DynamicSparsity(StaticSparsity):
         if self.mode == "rigl":
             pools = {None: names}
         else:
-            pools = {t: [n for n in names if owner_of(n) in (SHARED, t)] for t in self.tasks}
+            pools = {}
+            for task in self.tasks:
+                pool = set(self.structure.pool(task))
+                pools[task] = [n for n in names if n in pool]
             pools = {t: pool for t, pool in pools.items() if pool}
         scores = {t: {n: torch.zeros(params[n].numel(), dtype=torch.float32, device=params[n].device)
                       for n in pool} for t, pool in pools.items()}

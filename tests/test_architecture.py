@@ -1,66 +1,137 @@
-"""Architecture specs (models/architecture.py): the default net rebuilt bit for bit, custom widths, bad specs."""
+"""The layering of docs/ARCHITECTURE.md, checked statically: every import (function-local ones and those
+under `if TYPE_CHECKING` included) is read from the source with `ast`, nothing is executed.
+
+    fileio, models, dataloaders        import no project package
+    prune_utils                        fileio, models
+    engine                             fileio, models, dataloaders          (not prune_utils: a controller protocol)
+    methods                            everything below
+    the five tools (top-level scripts) everything below, no other tool
+
+plus: leaf modules import nothing from the project (`prune_utils.topk`), and there is no import cycle
+between modules.
+"""
 from __future__ import annotations
 
-import copy
+import ast
+from functools import lru_cache
+from pathlib import Path
 
 import pytest
-import torch
 
-from models import MultiTaskNet, architecture_of, default_architecture
-
-TASKS = {"seg": 5, "sn": 3}
-
-
-def test_default_spec_of_the_paper_net():
-    spec = default_architecture(["seg", "sn"], 1.0)
-    assert spec["backbone"] == {"stem": 64, "stage_widths": [64, 128, 256, 512],
-                                "block_widths": [[64] * 3, [128] * 4, [256] * 6, [512] * 3]}
-    assert spec["heads"] == {"seg": [[1024, 1024]] * 4, "sn": [[1024, 1024]] * 4}
-
-
-@pytest.mark.parametrize("width", [0.0625, 0.125])
-def test_building_from_the_default_spec_is_bit_identical(width):
-    torch.manual_seed(3)
-    reference = MultiTaskNet(TASKS, width)
-    torch.manual_seed(3)
-    rebuilt = MultiTaskNet(TASKS, architecture=default_architecture(list(TASKS), width))
-    a, b = reference.state_dict(), rebuilt.state_dict()
-    assert list(a) == list(b)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert architecture_of(reference) == default_architecture(list(TASKS), width)
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("fileio", "models", "dataloaders", "prune_utils", "engine", "methods")
+TOOLS = ("launch_training", "create_pruned_net", "eval_pruned_net", "iou_analysis", "static_similarity")
+ALLOWED = {
+    "fileio": set(),
+    "models": set(),
+    "dataloaders": set(),
+    "prune_utils": {"fileio", "models"},
+    "engine": {"fileio", "models", "dataloaders"},
+    "methods": {"fileio", "models", "dataloaders", "prune_utils", "engine"},
+    **{tool: set(PACKAGES) for tool in TOOLS},
+}
+LEAF_MODULES = ("prune_utils.topk",)
 
 
-def test_custom_widths_build_the_layers_they_name():
-    spec = default_architecture(list(TASKS), 0.0625)
-    spec["backbone"]["stage_widths"] = [3, 5, 7, 9]
-    spec["backbone"]["stem"] = 3
-    spec["backbone"]["block_widths"] = [[1, 2, 3], [4, 5, 6, 7], [1, 1, 1, 1, 1, 2], [8, 9, 10]]
-    spec["heads"]["sn"] = [[2, 3], [4, 5], [6, 7], [8, 9]]
-    net = MultiTaskNet(TASKS, architecture=spec).eval()
-    b = net.backbone
-    assert b.conv1.weight.shape == (3, 3, 7, 7)
-    assert b.blocks[1][2].conv1.weight.shape == (6, 5, 3, 3) and b.blocks[1][2].conv2.weight.shape == (5, 6, 3, 3)
-    assert b.ds[0] is None and b.ds[3][0].weight.shape == (9, 7, 1, 1)
-    branch = net.heads["sn"].branches[2]
-    assert branch.conv1.weight.shape == (6, 9, 3, 3) and branch.conv2.weight.shape == (7, 6, 1, 1)
-    assert branch.conv3.weight.shape == (3, 7, 1, 1)
-    assert architecture_of(net) == spec
-    with torch.no_grad():
-        out = net(torch.randn(1, 3, 33, 33))
-    assert out["seg"].shape == (1, 5, 5, 5) and out["sn"].shape == (1, 3, 5, 5)
+def module_files() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the packages and the tools."""
+    files = {tool: ROOT / f"{tool}.py" for tool in TOOLS}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda s: s.update(version=2), "version"),
-    (lambda s: s["backbone"].update(stem=0), "stem"),
-    (lambda s: s["backbone"].update(stage_widths=[1, 2, 3]), "stage_widths"),
-    (lambda s: s["backbone"]["block_widths"][2].pop(), "block_widths"),
-    (lambda s: s["heads"].pop("sn"), "do not match the tasks"),
-    (lambda s: s["heads"].update(sn=[[1, 2]] * 3), "heads.sn"),
-    (lambda s: s["heads"].update(sn=[[1, 2.5]] * 4), "heads.sn"),
-])
-def test_bad_specs_get_one_line_errors(edit, message):
-    spec = copy.deepcopy(default_architecture(list(TASKS), 0.0625))
-    edit(spec)
-    with pytest.raises(ValueError, match=message):
-        MultiTaskNet(TASKS, architecture=spec)
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules `name` imports anywhere in its source."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from pkg import sub` imports the submodule `pkg.sub` when there is one
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:          # `import a.b.c` of a non-module attribute path
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+@lru_cache(maxsize=1)
+def import_graph() -> dict[str, set[str]]:
+    files = module_files()
+    known = set(files)
+    return {name: imports_of(name, path, known) for name, path in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}                   # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start)
+            if found:
+                return found
+    return None
+
+
+def top(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_the_checker_sees_every_kind_of_import_and_cycles(tmp_path):
+    graph = import_graph()
+    assert "engine.controller" in graph["engine.trainer"]             # relative `from .controller import`
+    assert "fileio.checkpoint" in graph["fileio.load"]
+    assert "methods.registry" in graph["launch_training"]             # module level in a tool
+    assert "methods.pipeline" in graph["launch_training"]             # function-local in a tool
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+    source = tmp_path / "mod.py"
+    source.write_text("def f():\n    from prune_utils import masks\n    import engine.trainer\n")
+    assert imports_of("x.mod", source, {"prune_utils", "prune_utils.masks", "engine", "engine.trainer"}) == {
+        "prune_utils.masks", "engine.trainer"}
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_layers_import_only_what_is_below_them(layer):
+    graph = import_graph()
+    wrong = sorted((module, target) for module, targets in graph.items() if top(module) == layer
+                   for target in targets if top(target) != layer and top(target) not in ALLOWED[layer])
+    assert not wrong, f"{layer} may import {sorted(ALLOWED[layer]) or 'nothing from the project'}, but: {wrong}"
+
+
+def test_leaf_modules_import_nothing_from_the_project():
+    graph = import_graph()
+    for module in LEAF_MODULES:
+        assert graph[module] == set(), (module, graph[module])
+
+
+def test_no_import_cycles():
+    assert find_cycle(import_graph()) is None, find_cycle(import_graph())

@@ -1,4 +1,4 @@
-"""Compact export (prune_utils.compact): bitwise round trip, size at 90 % sparsity, errors."""
+"""Compact export (fileio.compact): bitwise round trip, size at 90 % sparsity, errors."""
 from __future__ import annotations
 
 import os
@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from engine.checkpoint import CheckpointError
+from fileio import CheckpointError
 from models import MultiTaskNet
-from prune_utils.compact import FORMAT, load_compact, save_compact
+from fileio.compact import FORMAT, load_compact, save_compact
 from prune_utils.mask_builder import global_topk
 from prune_utils.masks import prunable_parameters
 

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from fileio import atomic_save, load_checkpoint, make_checkpoint
 from engine.config import load_config
 from engine.losses import MultiTaskLoss
 from models import build_model
 from prune_utils.masks import sparsity
-from prune_utils.static_pruning import METHODS, PruneRequest, paper_keep_ratio, prune
+from methods.base import PruneRequest
+from methods.registry import get_method, paper_keep_ratio, pruning_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.width_mult=0.0625", "pruning.num_batches=1", "pruning.batch_size=4", "data.crop_h=32",
@@ -42,12 +43,12 @@ def _prune(method, target=None, keep=None, seed=0, arbiter="unanimous"):
     torch.manual_seed(seed)
     model = build_model(config)
     loss = MultiTaskLoss(config["tasks"], config["loss_weights"])
-    request = PruneRequest(method=method, target_sparsity=target, keep_ratio=keep, arbiter=arbiter, num_batches=1)
-    return prune(model, config, request, _batches(config), loss, torch.device("cpu"),
-                 torch.Generator().manual_seed(seed), progress=False)
+    request = PruneRequest(target_sparsity=target, keep_ratio=keep, arbiter=arbiter, num_batches=1)
+    return get_method(method).prune(model, config, request, _batches(config), loss, torch.device("cpu"),
+                                    torch.Generator().manual_seed(seed), progress=False)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", pruning_methods())
 @pytest.mark.parametrize("ratio", [30, 50, 70, 90])
 def test_every_method_hits_the_ratio(method, ratio):
     result = _prune(method, target=ratio / 100)
@@ -100,7 +101,7 @@ def test_cli_writes_checkpoint_report_and_compact(synthetic_root, cli_sets, tmp_
     assert set(report["summary"]) == {"backbone", "seg", "sn", "depth", "overall"}
     assert report["summary"]["overall"]["kept"] == sum(int(m.sum()) for m in ckpt["masks"].values())
     assert (tmp_path / "synthetic_disparse_static_80_report.csv").read_text().count("\n") == 1 + 72
-    from prune_utils.compact import load_compact
+    from fileio.compact import load_compact
     state, masks, meta = load_compact(tmp_path / "synthetic_disparse_static_80.compact.pth")
     assert all(torch.equal(state[k], ckpt["model"][k]) for k in ckpt["model"])
     assert all(torch.equal(masks[k], ckpt["masks"][k]) for k in ckpt["masks"])

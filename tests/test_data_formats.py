@@ -1,5 +1,5 @@
 """Cityscapes (.npy) and Tiny-Taskonomy (PNG) loaders on small hand-made roots in their documented formats
-(REFERENCE.md §2.3, §2.4): decoding, label sets, invalid values, path rewrite, class weights."""
+(docs/ORIGINAL.md §2.3, §2.4): decoding, label sets, invalid values, path rewrite, class weights."""
 from __future__ import annotations
 
 import json

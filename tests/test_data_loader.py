@@ -74,7 +74,10 @@ def test_same_seed_same_batches_with_and_without_workers(synthetic_root):
 def test_defaults_batch_shapes_and_names(synthetic_root):
     cfg = _config(synthetic_root)
     train = build_loader(cfg, "train")
-    assert train.batch_size == 3 and train.drop_last and len(train) == 8 // 3
+    assert train.batch_size == 3 and not train.drop_last and len(train) == 3      # as the original: 3 + 3 + 2
+    assert [len(b["name"]) for b in train] == [3, 3, 2]
+    dropping = build_loader(_config(synthetic_root, drop_last=True), "train")     # data.drop_last: true
+    assert dropping.drop_last and [len(b["name"]) for b in dropping] == [3, 3]
     batch = next(iter(train))
     assert tuple(batch["img"].shape) == (3, 3, 32, 40) and batch["img"].dtype == torch.float32
     assert tuple(batch["seg"].shape) == (3, 1, 32, 40) and batch["seg"].dtype == torch.int64
@@ -85,7 +88,7 @@ def test_defaults_batch_shapes_and_names(synthetic_root):
     names = [n for b in test for n in b["name"]]
     assert names == [f"img/test_{i:05d}.png" for i in range(4)]     # no shuffle, nothing dropped in test
     assert tuple(next(iter(test))["img"].shape) == (2, 3, 48, 64)
-    tiny = build_loader(cfg, "train", batch_size=50)                  # fewer samples than a batch: still one batch
+    tiny = build_loader(_config(synthetic_root, drop_last=True), "train", batch_size=50)   # still one batch
     assert not tiny.drop_last and len(list(tiny)) == 1
 
 
@@ -116,7 +119,7 @@ def test_distributed_loader_uses_a_distributed_sampler(synthetic_root, tmp_path)
         assert isinstance(loader.sampler, DistributedSampler)
         set_epoch(loader, 3)
         assert loader.sampler.epoch == 3
-        assert len(list(loader)) == 2
+        assert len(list(loader)) == 3                       # 8 items of batch 3, the last one partial
     finally:
         dist.destroy_process_group()
 

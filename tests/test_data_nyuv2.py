@@ -1,6 +1,6 @@
 """The real NYUv2 frames (../shared/data/nyuv2_samples) through the NYUv2 loader, test and train mode.
 
-Expected values follow REFERENCE.md §2.2 adapted to docs/CONVENTIONS.md (int64 seg, decoded normals).
+Expected values follow docs/ORIGINAL.md §2.2 adapted to docs/CONVENTIONS.md (int64 seg, decoded normals).
 """
 from __future__ import annotations
 

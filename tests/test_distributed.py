@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import load_checkpoint
+from fileio import load_checkpoint
 from engine.logging_utils import read_jsonl
 from tests.helpers import tiny_run_args
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from engine.losses import MultiTaskLoss, TaskLoss
 from engine.runtime import rng_state, set_rng_state
-from models import owner_of
+from prune_utils.structure import TaskStructure
 from prune_utils.erk import random_masks, shapes_of
 from prune_utils.masks import prunable_parameters
 from prune_utils.sparse_training import DynamicSparsity
@@ -113,7 +113,7 @@ def test_every_update_keeps_counts_and_zeroes_dropped_and_grown(mode, channels_l
             for name, mask in old.items():
                 active = int(mask.sum())
                 if 0 < active < mask.numel() and not record["final"]:
-                    expect[owner_of(name)] += round(alpha * active)
+                    expect[TaskStructure.from_model(model).part(name)] += round(alpha * active)
             assert record["dropped"] == expect and record["grown"] == expect
             for name, w in params.items():
                 new = ctl.masks[name]
@@ -195,7 +195,7 @@ def test_growth_scores_are_dense_gradients_of_the_sparse_net():
     ref_params = prunable_parameters(reference)
     preds = reference(batch["img"])
     for task in ("seg", "sn"):
-        pool = [n for n in names if owner_of(n) in ("backbone", task)]
+        pool = [n for n in names if n in TaskStructure.from_model(model).pool(task)]
         assert set(scores[task]) == set(pool)
         grads = torch.autograd.grad(TASK_LOSS(task, preds[task], batch), [ref_params[n] for n in pool],
                                     retain_graph=True)
@@ -234,7 +234,7 @@ def test_unanimous_growth_end_to_end_with_hand_set_scores(monkeypatch):
 
     def fake_scores(net, batch, device, names):
         assert set(names) == {layer, head}  # dense layers are skipped
-        out = {t: {n: torch.zeros(params[n].numel()) for n in names if owner_of(n) in ("backbone", t)}
+        out = {t: {n: torch.zeros(params[n].numel()) for n in names if n in TaskStructure.from_model(model).pool(t)}
                for t in ("seg", "sn")}
         out["seg"][layer][100:110] = torch.arange(10, 0, -1).float()   # seg wants 100 > 101 > ... > 109
         out["sn"][layer][200:210] = torch.arange(10, 0, -1).float()    # sn wants 200 > 201 > ... > 209

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import eval_pruned_net
-from engine.checkpoint import atomic_save, make_checkpoint
+from fileio import atomic_save, make_checkpoint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NYU_KEYS = {"seg": {"mIoU", "Pixel Acc", "err"},
@@ -29,8 +29,40 @@ def _random_masks(model, density: float, seed: int = 0) -> dict:
     return {n: torch.rand(w.shape, generator=g) < density for n, w in prunable_parameters(model).items()}
 
 
+def _original_nyu_metrics(pred: dict, root: Path, entry: list) -> dict:
+    """The original's compat metrics of one test image, from the golden README's rules, in NumPy: nearest
+    upsampling (source index ⌊i·in/out⌋), normals compared in the PNG's encoded B, G, R space with the
+    "max channel < 255" validity, mIoU over classes with TP > 0."""
+    import cv2
+    import numpy as np
+    seg_gt = cv2.imread(str(root / entry[1]), cv2.IMREAD_GRAYSCALE).astype(np.int64)
+    raw = cv2.imread(str(root / entry[2]), cv2.IMREAD_COLOR).astype(np.float64)        # H×W×3, B, G, R
+    h, w = seg_gt.shape
+
+    def up(x):
+        x = x[0].numpy().astype(np.float64)
+        return x[:, (np.arange(h) * x.shape[1]) // h][:, :, (np.arange(w) * x.shape[2]) // w]
+
+    logits, normal = up(pred["seg"]), up(pred["sn"]).transpose(1, 2, 0)
+    c = logits.shape[0]
+    label = logits.argmax(axis=0)
+    valid = seg_gt < c
+    conf = np.bincount(seg_gt[valid] * c + label[valid], minlength=c * c).reshape(c, c)
+    tp = np.diag(conf)
+    keep = tp > 0
+    iou = tp[keep] / (conf.sum(0) + conf.sum(1) - tp)[keep]
+    sn_valid = raw.max(axis=2) < 255
+    p = normal / np.linalg.norm(normal, axis=2, keepdims=True)
+    g = raw / np.linalg.norm(raw, axis=2, keepdims=True)
+    angle = np.degrees(np.arccos(np.clip((p * g).sum(axis=2)[sn_valid], -1, 1)))
+    miou = iou.mean() if keep.any() else 0.0          # no TP at all: the original's NaN is 0.0 here (docs/METRICS.md)
+    return {"seg": {"mIoU": miou, "Pixel Acc": (label == seg_gt)[valid].mean()},
+            "sn": {"Angle Mean": angle.mean(), "Angle Median": np.median(angle),
+                   **{f"Angle {t:g}": 100 * np.mean(angle <= t) for t in (11.25, 22.5, 30, 45)}}}
+
+
 def test_eval_original_format_sparse_net_on_real_nyuv2_samples(nyuv2_samples, tmp_path, capsys):
-    from engine.original_import import export_original_state_dict
+    from fileio.original import export_original_state_dict
     from engine.runtime import seed_everything
     from models import build_model
     from prune_utils.masks import apply_masks, sparsity
@@ -44,18 +76,27 @@ def test_eval_original_format_sparse_net_on_real_nyuv2_samples(nyuv2_samples, tm
     path = tmp_path / "best_nyuv2_disparse_static_75.pth"
     torch.save(export_original_state_dict(model.state_dict(), config["tasks"], masks), path)
 
-    eval_pruned_net.main(["--config", str(PROJECT_ROOT / "configs" / "nyuv2.yaml"), "--set", "model.width_mult=0.0625",
-                          "--set", "data.num_workers=0",
-                          "--data-root", str(nyuv2_samples), "--device", "cpu", "--progress", "off",
-                          "--method", "disparse_static", "--ratio", "75", "--model-path", str(tmp_path)])
+    with pytest.warns(RuntimeWarning, match="predicts normals in the encoded space"):   # the config says decoded
+        eval_pruned_net.main(["--config", str(PROJECT_ROOT / "configs" / "nyuv2.yaml"), "--set",
+                              "model.width_mult=0.0625", "--set", "data.num_workers=0", "--compat", "adashare",
+                              "--data-root", str(nyuv2_samples), "--device", "cpu", "--progress", "off",
+                              "--method", "disparse_static", "--ratio", "75", "--model-path", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "original-format" in out and "Angle Median" in out
+    assert "original-format" in out and "Angle Median" in out and "encoded space" in out
     metrics = json.loads((tmp_path / "metrics_nyuv2_disparse_static_75.json").read_text())
     for task, keys in NYU_KEYS.items():
         assert set(metrics[task]) == keys
-        assert all(isinstance(v, float) and v == v for v in metrics[task].values()), metrics[task]
-    assert 0.0 <= metrics["seg"]["mIoU"] <= 1.0 and 0.0 <= metrics["seg"]["Pixel Acc"] <= 1.0
-    assert 0.0 <= metrics["sn"]["Angle Mean"] <= 180.0
+    # the same net's outputs on the test image, scored as the original scores an original net's outputs
+    from dataloaders import build_dataset
+    test = build_dataset(config, "test")
+    model.eval()
+    with torch.no_grad():
+        pred = model(test[0]["img"][None])
+    expected = _original_nyu_metrics(pred, nyuv2_samples, test.entries[0])
+    for task, values in expected.items():
+        for name, value in values.items():
+            tol = dict(abs=1e-4) if name in ("Angle Mean", "Angle Median") else dict(rel=1e-5, abs=1e-9)
+            assert metrics[task][name] == pytest.approx(value, **tol), (task, name)
     assert metrics["sparsity"] == pytest.approx(sparsity(masks))
     assert "delta_m" not in metrics
 
@@ -100,7 +141,15 @@ def test_eval_names_sparsity_and_delta_m(synthetic_root, tmp_path):
                                  "--baseline-metrics", str(tmp_path / "reference.json"), "--compat", "adashare"])
     sparse = json.loads((tmp_path / "metrics_final_synthetic_snip_50.json").read_text())
     assert sparse["sparsity"] == pytest.approx(sparsity(masks))
-    assert sparse["delta_m"] == pytest.approx(delta_m(sparse, reference))
+    assert sparse["delta_m_definition"] == "task_mean"
+    assert sparse["delta_m"] == pytest.approx(delta_m(sparse, reference, "task_mean"))
+    eval_pruned_net.main(args + ["--checkpoint", str(tmp_path / "final_synthetic_snip_50.pth"), "--compat", "adashare",
+                                 "--baseline-metrics", str(tmp_path / "reference.json"),
+                                 "--set", "eval.delta_m_definition=metric_mean"])
+    flat = json.loads((tmp_path / "metrics_final_synthetic_snip_50.json").read_text())
+    assert flat["delta_m_definition"] == "metric_mean"
+    assert flat["delta_m"] == pytest.approx(delta_m(sparse, reference, "metric_mean"))
+    assert flat["delta_m"] != pytest.approx(sparse["delta_m"])
 
 
 def test_truncated_checkpoint_cli_exits_2_with_one_line(synthetic_root, tmp_path):

@@ -54,7 +54,7 @@ def test_hand_computed_three_tasks_and_compat_quirk():
 def test_empty_masks_convention_and_errors():
     z = torch.zeros(5, dtype=torch.bool)
     assert I.iou([z, z]) == 1.0
-    assert I.compat_iou([z, z]) == 1.0
+    assert math.isnan(I.compat_iou([z, z]))        # the original's 0/0 (golden iou_compat.pt has such layers)
     with pytest.raises(ValueError):
         I.iou([torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool)])
     with pytest.raises(ValueError):
@@ -85,7 +85,7 @@ def test_watershed_on_hand_made_profile():
     assert I.watershed([0.5]) is None
 
 
-# The original's shipped NYUv2 profile (REFERENCE.md §8, 33 conv layers): the rule must pick
+# The original's shipped NYUv2 profile (docs/ORIGINAL.md §8, 33 conv layers): the rule must pick
 # backbone.blocks.2.0.conv2 (index 16), the watershed the paper names.
 NYU_REFERENCE = [0.967749, 0.946809, 0.938702, 0.928480, 0.913026, 0.909212, 0.893020, 0.865893, 0.755082,
                  0.725929, 0.669541, 0.635667, 0.575011, 0.555841, 0.470727, 0.381130, 0.128797, 0.101490,

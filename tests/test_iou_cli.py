@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.checkpoint import atomic_save, make_checkpoint
+from fileio import atomic_save, make_checkpoint
 from engine.config import load_config
 from models import build_model
 from prune_utils.masks import dense_masks

@@ -1,4 +1,4 @@
-"""End to end on the real NYUv2 samples: the per-layer IoU falls with backbone depth (REFERENCE.md §8),
+"""End to end on the real NYUv2 samples: the per-layer IoU falls with backbone depth (docs/ORIGINAL.md §8),
 and static_similarity.py reuses its saliency cache unless --force_run.
 
 Reduced-width net (width_mult 0.25), keep ratio 0.078, the sample index's train split (3 of the 4 frames;
@@ -104,7 +104,7 @@ def test_iou_from_pruned_checkpoint(tmp_path):
     _needs_pruning_modules()
     import torch
 
-    from engine.checkpoint import atomic_save, make_checkpoint
+    from fileio import atomic_save, make_checkpoint
     from engine.config import load_config
     from models import build_model
     from prune_utils.mask_builder import masks_for_keep_ratio

@@ -197,24 +197,45 @@ def test_normal_metrics_random_against_numpy_median_within_resolution():
 
 
 def test_adashare_encoded_normal_angles():
+    """adashare on NYUv2-layout data measures in the PNG-encoded space, with the original's validity there."""
     rng = np.random.default_rng(5)
-    gt = rng.normal(size=(1, 3, 4, 4))
-    gt /= np.linalg.norm(gt, axis=1, keepdims=True)
+    v = rng.integers(0, 255, size=(1, 3, 4, 4)).astype(np.float64)       # 8-bit PNG values, RGB order
+    v[0, :, 0, 0] = 255                                                   # invalid fill (255, 255, 255)
+    v[0, :, 0, 1] = [255, 128, 128]                                       # one channel at 255: the original drops it
+    gt = (v.astype(np.float32) * np.float32(2 / 255) - 1).astype(np.float32)   # our loader's decode
+    gt[0, :, 0, 0] = 0                                                    # our invalid marker
     pred = rng.normal(size=(1, 3, 4, 4))
-    pred32, gt32 = pred.astype(np.float32).astype(np.float64), gt.astype(np.float32).astype(np.float64)
-    g_enc = (gt32 + 1) * 127.5
+    pred32 = pred.astype(np.float32).astype(np.float64)
     p_enc = (pred32 / np.linalg.norm(pred32, axis=1, keepdims=True) + 1) * 127.5
-    expected_enc = np_angles(p_enc, g_enc)
-    expected_dec = np_angles(pred32, gt32)
+    original_valid = v.max(axis=1) < 255
+    expected_enc = np_angles(p_enc, np.where(original_valid[:, None], v, 0))
+    expected_dec = np_angles(pred32, gt.astype(np.float64))
     enc = MetricAccumulator(["sn"], [3], compat="adashare", normals_encoded=True)
     dec = MetricAccumulator(["sn"], [3], compat="adashare", normals_encoded=False)
     std = MetricAccumulator(["sn"], [3], normals_encoded=True)     # standard ignores the flag
     for acc in (enc, dec, std):
         acc.update({"sn": tensor(pred)}, {"normal": tensor(gt)})
+    assert expected_enc.size == 14 and expected_dec.size == 15
     assert enc.compute()["sn"]["Angle Mean"] == pytest.approx(expected_enc.mean(), abs=1e-4)
+    assert enc.compute()["sn"]["Angle Median"] == pytest.approx(np.median(expected_enc), abs=1e-4)   # exact
     assert dec.compute()["sn"]["Angle Mean"] == pytest.approx(expected_dec.mean(), abs=1e-4)
     assert std.compute()["sn"]["Angle Mean"] == pytest.approx(expected_dec.mean(), abs=1e-4)
     assert abs(expected_enc.mean() - expected_dec.mean()) > 1.0     # the two spaces really differ
+
+
+def test_encoded_predictions_measured_in_encoded_space_in_both_modes():
+    """An original-convention net (normals_space="encoded") predicts a B, G, R direction in encoded space."""
+    rng = np.random.default_rng(6)
+    v = rng.integers(0, 255, size=(1, 3, 3, 5)).astype(np.float64)
+    gt = (v.astype(np.float32) * np.float32(2 / 255) - 1).astype(np.float32)
+    pred_bgr = rng.normal(size=(1, 3, 3, 5)) + 2.0                       # any real vector, read as a direction
+    expected = np_angles(pred_bgr.astype(np.float32).astype(np.float64), v[:, ::-1])   # v in B, G, R order
+    for compat in ("adashare", "standard"):
+        acc = MetricAccumulator(["sn"], [3], compat=compat, normals_encoded=True, normals_space="encoded")
+        acc.update({"sn": tensor(pred_bgr)}, {"normal": tensor(gt)})
+        assert acc.compute()["sn"]["Angle Mean"] == pytest.approx(expected.mean(), abs=1e-4)
+    with pytest.raises(ValueError, match="encoded PNGs"):
+        MetricAccumulator(["sn"], [3], normals_space="encoded")          # e.g. Taskonomy: no encoded original
 
 
 # ----------------------------------------------------------------------------- depth, keypoint, edge
@@ -369,11 +390,16 @@ def test_all_reduce_single_process_gloo_is_identity(tmp_path):
     before = acc.compute()
     acc.all_reduce()                                            # not initialised: a no-op
     assert acc.compute() == before
+    pooled = MetricAccumulator(TASKS, CLASSES, compat="adashare")    # also gathers the pooled cosines
+    pooled.update(preds, batch)
+    pooled_before = pooled.compute()
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
         acc.all_reduce()
         assert acc.compute() == before
+        pooled.all_reduce()
+        assert pooled.compute() == pooled_before
         empty = MetricAccumulator(TASKS, CLASSES).all_reduce()   # a rank that saw nothing
         assert math.isnan(empty.compute()["sn"]["Angle Median"])
     finally:

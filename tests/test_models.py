@@ -1,11 +1,12 @@
-"""The model matches REFERENCE.md §1: parameter counts, layer order, output sizes, init, channels_last."""
+"""The model matches docs/ORIGINAL.md §1: parameter counts, layer order, output sizes, init, channels_last."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from models import MultiTaskNet, owner_of
+from models import MultiTaskNet
+from prune_utils.structure import TaskStructure
 from prune_utils.masks import prunable_parameters
 
 
@@ -30,14 +31,20 @@ def test_parameter_counts_match_reference(tasks, total, prunable, convs):
 
 
 def test_backbone_layer_order_and_shortcuts():
-    names = list(prunable_parameters(_meta_net({"seg": 40, "sn": 3})))
-    backbone = [n for n in names if owner_of(n) == "backbone"]
+    net = _meta_net({"seg": 40, "sn": 3})
+    names = list(prunable_parameters(net))
+    structure = TaskStructure.from_model(net)
+    backbone = [n for n in names if structure.part(n) == "backbone"]
+    assert list(structure.shared) == backbone and structure.params == tuple(names)
     assert len(backbone) == 36
     assert backbone[0] == "backbone.conv1.weight"
     assert backbone[1] == "backbone.blocks.0.0.conv1.weight"
     assert backbone[-3:] == ["backbone.ds.1.0.weight", "backbone.ds.2.0.weight", "backbone.ds.3.0.weight"]
     assert names[36:48] == [f"heads.seg.branches.{b}.conv{c}.weight" for b in range(4) for c in (1, 2, 3)]
-    assert [owner_of(n) for n in names[48:]] == ["sn"] * 12
+    assert [structure.part(n) for n in names[48:]] == ["sn"] * 12
+    assert sorted(structure.side_layers) == backbone[-3:] and structure.chain == tuple(backbone[:33])
+    assert structure.pool("sn") == tuple(backbone + names[48:])
+    assert TaskStructure.from_names(names, ["seg", "sn"]) == structure     # the same partition from the paths
 
 
 def test_layer_geometry():
@@ -102,5 +109,5 @@ def test_any_number_of_tasks_and_bad_tasks():
     with pytest.raises(ValueError, match="positive int"):
         MultiTaskNet({"seg": 0})
     with pytest.raises(ValueError, match="neither"):
-        owner_of("stem.weight")
+        TaskStructure.from_names(["stem.weight"], ["seg"])
     assert isinstance(net.heads, nn.ModuleDict)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.checkpoint import CheckpointError
-from engine.original_import import export_original_state_dict, import_original_state_dict, looks_original
+from fileio import CheckpointError
+from fileio.original import export_original_state_dict, import_original_state_dict, looks_original
 from models import MultiTaskNet
 
 TASKS = {"seg": 5, "sn": 3}

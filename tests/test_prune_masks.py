@@ -10,7 +10,9 @@ import torch
 from models import MultiTaskNet
 from prune_utils import mask_builder as mb
 from prune_utils.arbiters import ARBITERS, VoteArbiter, register_arbiter
-from prune_utils.masks import check_masks, prunable_parameters, sparsity, task_pool
+from prune_utils import topk
+from prune_utils.masks import check_masks, prunable_parameters, sparsity
+from prune_utils.structure import TaskStructure
 
 BB, HA, HB, HC = "backbone.l.weight", "heads.a.l.weight", "heads.b.l.weight", "heads.c.l.weight"
 
@@ -83,14 +85,14 @@ def test_ties_keep_exactly_k_earliest_positions():
 
 
 def test_keep_count_rules():
-    assert mb.keep_count(0.29, 100) == 29            # read as a decimal, not 0.29 * 100 = 28.999...
-    assert mb.keep_count(1e-9, 1000) == 1            # at least one weight
-    assert mb.keep_count(1.0, 7) == 7
-    assert mb.keep_count(0.5, 7) == 3
+    assert topk.keep_count_floor(0.29, 100) == 29            # read as a decimal, not 0.29 * 100 = 28.999...
+    assert topk.keep_count_floor(1e-9, 1000) == 1            # at least one weight
+    assert topk.keep_count_floor(1.0, 7) == 7
+    assert topk.keep_count_floor(0.5, 7) == 3
     with pytest.raises(ValueError):
-        mb.keep_count(0.0, 10)
+        topk.keep_count_floor(0.0, 10)
     with pytest.raises(ValueError):
-        mb.keep_count(1.5, 10)
+        topk.keep_count_floor(1.5, 10)
     mask = mb.task_masks({"a": {BB: torch.rand(6), HA: torch.rand(2)}}, 0.01)["a"]
     assert int(mask[BB].sum() + mask[HA].sum()) == 1
 
@@ -105,12 +107,11 @@ def _tiny_scores(tasks=("a", "b", "c"), seed=0, integer=False, kind=None):
     kind = kind or ("integer" if integer else "uniform")
     net = MultiTaskNet({t: 2 for t in tasks}, width_mult=0.0625)
     params = prunable_parameters(net)
-    names = list(params)
     g = torch.Generator().manual_seed(seed)
     scores = {}
     for task in tasks:
         scores[task] = {}
-        for n in task_pool(names, task):
+        for n in TaskStructure.from_model(net).pool(task):
             shape = params[n].shape
             if kind == "integer":
                 value = torch.randint(0, 50, shape, generator=g).float()
@@ -129,7 +130,7 @@ def _reference_task_masks(scores, keep_ratio):
     for task, per in scores.items():
         names = [n for n in per if n.startswith("backbone.")] + [n for n in per if not n.startswith("backbone.")]
         flat = torch.cat([per[n].reshape(-1) for n in names])
-        k = mb.keep_count(keep_ratio, flat.numel())
+        k = topk.keep_count_floor(keep_ratio, flat.numel())
         order = torch.sort(flat, descending=True, stable=True).indices
         keep = torch.zeros(flat.numel(), dtype=torch.bool)
         keep[order[:k]] = True
@@ -143,7 +144,7 @@ def _reference_task_masks(scores, keep_ratio):
 
 @pytest.mark.parametrize("kind", ["uniform", "integer", "zeros", "narrow"])
 def test_task_masks_match_full_sort_reference(kind, monkeypatch):
-    monkeypatch.setattr(mb, "_CHUNK", 4096)          # several chunks when locating ties in a heavy bin
+    monkeypatch.setattr(topk, "_CHUNK", 4096)          # several chunks when locating ties in a heavy bin
     _, scores = _tiny_scores(kind=kind)
     for keep in (0.013, 0.1, 0.37, 0.5, 0.6, 0.9):
         ours = mb.task_masks(scores, keep)
@@ -278,8 +279,8 @@ def test_vote_arbiter_is_extensible():
 def test_flat_views_are_used_without_copy():
     flat = torch.rand(10)
     views = [flat[:6].view(2, 3), flat[6:].view(4)]
-    assert mb._flat_float32(views).data_ptr() == flat.data_ptr()
-    copied = mb._flat_float32([torch.rand(2, 3), torch.rand(4)])
+    assert topk.flat_float32(views).data_ptr() == flat.data_ptr()
+    copied = topk.flat_float32([torch.rand(2, 3), torch.rand(4)])
     assert copied.shape == (10,)
 
 

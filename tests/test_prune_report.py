@@ -10,7 +10,8 @@ from torch import nn
 
 from models import MultiTaskNet
 from prune_utils.mask_builder import masks_for_sparsity
-from prune_utils.masks import dense_masks, prunable_parameters, task_pool
+from prune_utils.masks import dense_masks, prunable_parameters
+from prune_utils.structure import TaskStructure
 from prune_utils.report import (OVERALL, build_report, format_table, layer_rows, mac_counts, param_counts, summarize,
                                 write_csv, write_json)
 
@@ -47,7 +48,7 @@ def test_rows_sum_to_totals_and_parts():
     net = MultiTaskNet({"seg": 4, "sn": 3}, width_mult=0.0625)
     params = prunable_parameters(net)
     names = list(params)
-    scores = {t: {n: torch.rand(params[n].shape) for n in task_pool(names, t)} for t in ("seg", "sn")}
+    scores = {t: {n: torch.rand(params[n].shape) for n in TaskStructure.from_model(net).pool(t)} for t in ("seg", "sn")}
     masks, _ = masks_for_sparsity(scores, 0.7)
     rows = layer_rows(masks, net)
     assert [r["name"] for r in rows] == names

@@ -63,7 +63,7 @@ def _stats():
     ("five_zeros", float("nan")),                                   # all three layers have l < 5: no weight
     ("av_sparsity", (1.25 * 0.5 + 0.25 * 0.75 + 1.5 * 0) / 3.0),
     ("min_sparsity", (0.5 * 0.5 + 0.0 * 0.75 + 0.75 * 0) / 1.25),
-    ("epi_like", (0.8 * 0.5 + 0.0 * 0.75 + 1.0 * 0) / 1.8),         # 1-|.25|/1.25, 1-.25/.25, 1-0/1.5
+    ("epi_like", (2 / 3 * 0.5 + 6 / 7 * 0.75 + 1.0 * 0) / (2 / 3 + 6 / 7 + 1)),   # EPI of counts 2/1, 4/3, 1/1
 ])
 def test_each_layer_weighting_on_three_layers(layer_method, expected):
     value = _stats().score("a", "b", "iou", layer_method)
@@ -74,16 +74,20 @@ def test_each_layer_weighting_on_three_layers(layer_method, expected):
 
 
 def test_layer_weights_values_and_five_zeros():
-    sa, sb = [0.5, 0.0, 0.75], [0.75, 0.25, 0.75]
-    np.testing.assert_allclose(S.layer_weights("linear", sa, sb), [0, 1, 2])
-    np.testing.assert_allclose(S.layer_weights("av_sparsity", sa, sb), [1.25, 0.25, 1.5])
-    np.testing.assert_allclose(S.layer_weights("min_sparsity", sa, sb), [0.5, 0.0, 0.75])
-    np.testing.assert_allclose(S.layer_weights("epi_like", sa, sb), [0.8, 0.0, 1.0])
-    np.testing.assert_allclose(S.layer_weights("five_zeros", [0] * 7, [0] * 7), [0, 0, 0, 0, 0, 1, 1])
-    assert S.weighted_score([0.2, 0.4, 0.1, 0.1, 0.1, 0.6, 1.0], S.layer_weights("five_zeros", [0] * 7, [0] * 7)) \
+    ka, kb, size = [2, 4, 1], [1, 3, 1], [4, 4, 4]          # sparsities a 0.5, 0, 0.75; b 0.75, 0.25, 0.75
+    np.testing.assert_allclose(S.layer_weights("linear", ka, kb, size), [0, 1, 2])
+    np.testing.assert_allclose(S.layer_weights("av_sparsity", ka, kb, size), [1.25, 0.25, 1.5])
+    np.testing.assert_allclose(S.layer_weights("min_sparsity", ka, kb, size), [0.5, 0.0, 0.75])
+    np.testing.assert_allclose(S.layer_weights("epi_like", ka, kb, size), [2 / 3, 6 / 7, 1.0])
+    # Meta-Sparse's epi_like is the EPI formula on kept counts: a row of 100 with 10 vs 20 kept -> 1 - 10/30
+    assert S.layer_weights("epi_like", [10], [20], [100])[0] == pytest.approx(2 / 3)
+    # (on the sparsities 0.9 / 0.8 it would be 1 - 0.1/1.7 = 0.941: not the original)
+    zeros = [0] * 7
+    np.testing.assert_allclose(S.layer_weights("five_zeros", zeros, zeros, [1] * 7), [0, 0, 0, 0, 0, 1, 1])
+    assert S.weighted_score([0.2, 0.4, 0.1, 0.1, 0.1, 0.6, 1.0], S.layer_weights("five_zeros", zeros, zeros, [1] * 7)) \
         == pytest.approx(0.8)
     with pytest.raises(ValueError):
-        S.layer_weights("cubic", sa, sb)
+        S.layer_weights("cubic", ka, kb, size)
 
 
 def test_epi_and_sals_layer_values():

@@ -1,4 +1,4 @@
-"""Static masked training (StaticSparsity), ERK densities (REFERENCE.md §6.1) and growth selection."""
+"""Static masked training (StaticSparsity), ERK densities (docs/ORIGINAL.md §6.1) and growth selection."""
 from __future__ import annotations
 
 import io
@@ -12,11 +12,14 @@ import torch.distributed as dist
 from torch import nn
 
 from engine.losses import MultiTaskLoss
-from models import MultiTaskNet, owner_of
-from prune_utils.erk import (erk_densities, erk_epsilon, keep_count, random_masks, shapes_of,
+from models import MultiTaskNet
+from prune_utils.arbiters import arbiter_quorum, select_growth
+from prune_utils.erk import (erk_densities, erk_epsilon, random_masks, shapes_of,
                              target_counts)
 from prune_utils.masks import prunable_parameters, sparsity
-from prune_utils.sparse_training import (StaticSparsity, arbiter_quorum, select_growth, split_batch)
+from prune_utils.sparse_training import StaticSparsity, split_batch
+from prune_utils.structure import TaskStructure
+from prune_utils.topk import keep_count_round
 
 from tests.helpers import make_batch, tiny_net
 
@@ -212,7 +215,7 @@ def test_random_masks_hit_counts_exactly_and_are_seeded():
     counts = target_counts(shapes, dens)
     for name, shape in shapes.items():
         assert masks[name].dtype == torch.bool and tuple(masks[name].shape) == shape
-        assert int(masks[name].sum()) == counts[name] == keep_count(dens[name], math.prod(shape))
+        assert int(masks[name].sum()) == counts[name] == keep_count_round(dens[name], math.prod(shape))
     again = random_masks(shapes, dens, torch.Generator().manual_seed(3))
     assert all(torch.equal(masks[n], again[n]) for n in shapes)
     assert sparsity(masks) == pytest.approx(0.8, abs=len(shapes) / sum(m.numel() for m in masks.values()))
@@ -300,7 +303,8 @@ def test_split_batch():
 
 def test_owner_partition_of_tiny_net_is_structural():
     names = list(prunable_parameters(tiny_net()))
-    assert {owner_of(n) for n in names} == {"backbone", "seg", "sn"}
+    structure = TaskStructure.from_model(tiny_net())
+    assert {structure.part(n) for n in names} == {"backbone", "seg", "sn"}
 
 
 def test_after_step_reapplies_masks_only_every_reapply_every_steps():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import launch_training
-from engine.checkpoint import load_checkpoint, make_checkpoint, atomic_save
+from fileio import load_checkpoint, make_checkpoint, atomic_save
 from engine.logging_utils import read_jsonl
 from tests.helpers import tiny_run_args
 
@@ -22,7 +22,7 @@ def tiny_args(root: Path, dest: Path, *extra: str) -> list[str]:
 
 
 def tiny_config(root: Path, dest: Path, *extra: str) -> dict:
-    from engine.cli import config_from_args
+    from engine.config import config_from_args
     return config_from_args(launch_training.build_parser().parse_args(tiny_args(root, dest, *extra)))
 
 
@@ -109,7 +109,7 @@ def test_data_stream_resumes_at_any_position(synthetic_root, tmp_path):
     from engine.trainer import DataStream
 
     config = tiny_config(synthetic_root, tmp_path, "--set", "data.batch_size=3")
-    loader = build_loader(config, "train", seed=5)          # 8 images, batch 3, drop_last: 2 batches/epoch
+    loader = build_loader(config, "train", seed=5)          # 8 images, batch 3: 3 batches per epoch
     full = DataStream(loader, seed=5)
     full.start(0)
     reference = []
@@ -219,7 +219,7 @@ def test_dynamic_sparse_training_hits_the_ratio(synthetic_root, tmp_path):
 
 
 def test_lth_rounds_reach_the_exact_ratio(synthetic_root, tmp_path):
-    from engine.lth import global_magnitude_masks, keep_schedule
+    from prune_utils.lth import global_magnitude_masks, keep_schedule
 
     assert keep_schedule(1000, 75.0, 2) == [500, 250]
     w = {"a": torch.tensor([[3.0, -1.0], [2.0, 0.5]]), "b": torch.tensor([2.0, -4.0, 1.0])}

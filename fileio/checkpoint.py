@@ -1,14 +1,15 @@
-"""Checkpoint files (DESIGN.md contract 4): plain dicts, atomic writes, safe loads, clear errors.
+"""Our checkpoint format (docs/ARCHITECTURE.md contract 4): plain dicts, safe loads, clear errors.
 
 A checkpoint is `torch.save` of a dict that `torch.load(..., weights_only=True)` accepts: tensors,
 numbers, strings, lists and dicts only. Pruned weights are stored as zeros in `model` and the mask
 set rides beside them, so a dense loader can read a sparse checkpoint and get the pruned network.
+Files are written with `fileio.atomic.atomic_save`; `fileio.load.load_weights` reads any file kind.
 """
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,23 +24,6 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit the model; one-line message."""
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def read_file(path: str | os.PathLike) -> dict:
     """`torch.load(weights_only=True)` of any checkpoint-like file, with one-line errors."""
     path = Path(path)
@@ -47,7 +31,8 @@ def read_file(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as exc:
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, struct.error,
+            ValueError) as exc:   # whatever a truncated or foreign file makes the unpickler raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({first[:160]})") from None
     if not isinstance(data, dict):
@@ -84,12 +69,15 @@ def load_checkpoint(path: str | os.PathLike, tasks: list[str] | None = None,
     """Read one of our checkpoints and check it fits the configured tasks and classes."""
     data = read_file(path)
     if not is_ours(data):
-        raise CheckpointError(f"{path} is not a {FORMAT} file (original-format state dicts load through "
-                              f"engine.original_import)")
-    if int(data.get("version", 0)) > VERSION:
-        raise CheckpointError(f"{path} has format version {data['version']}, this code reads up to {VERSION}")
+        raise CheckpointError(f"{path} is not a {FORMAT} file (fileio.load_weights reads the other kinds)")
+    check_version(data, path)
     check_tasks(data, tasks, num_classes, path)
     return data
+
+
+def check_version(data: Mapping, path: Any) -> None:
+    if int(data.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path} has format version {data['version']}, this code reads up to {VERSION}")
 
 
 def check_tasks(data: Mapping, tasks: list[str] | None, num_classes: list[int] | None, path: Any) -> None:
@@ -132,31 +120,3 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint config")
-
-
-def load_model_file(path: str | os.PathLike, model: torch.nn.Module, config: Mapping) -> dict:
-    """Load weights from one of our checkpoints *or* an original-format state dict into `model`.
-
-    Returns `{"masks": mask set or None, "original": bool, "meta": the checkpoint dict minus model/masks}`.
-    Ours: tasks/num_classes must match the config (one-line CheckpointError otherwise). Anything else
-    goes through `engine.original_import` (the `task<k>` heads map to the config's k-th task).
-    """
-    data = read_file(path)
-    if is_ours(data):
-        if int(data.get("version", 0)) > VERSION:
-            raise CheckpointError(f"{path} has format version {data['version']}, this code reads up to {VERSION}")
-        check_tasks(data, list(config["tasks"]), list(config["num_classes"]), path)
-        if not isinstance(data.get("model"), Mapping):
-            raise CheckpointError(f"checkpoint {path} has no model state")
-        load_model_state(model, data["model"], source=f"checkpoint {path}")
-        masks = data.get("masks")
-        meta = {k: v for k, v in data.items() if k not in ("model", "masks", "optimizer")}
-        return {"masks": dict(masks) if masks else None, "original": False, "meta": meta}
-    from .original_import import import_original_state_dict, looks_original
-    state = data.get("state_dict", data) if isinstance(data.get("state_dict"), Mapping) else data
-    if not looks_original(state):
-        raise CheckpointError(f"{path} is neither a {FORMAT} file nor an original DiSparse state dict")
-    own = model.state_dict()
-    ours, masks = import_original_state_dict(state, list(config["tasks"]), model_keys=list(own))
-    load_model_state(model, ours, source=f"original checkpoint {path}")
-    return {"masks": masks, "original": True, "meta": {"method": None, "tasks": list(config["tasks"])}}

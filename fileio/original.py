@@ -1,4 +1,4 @@
-"""Import state dicts saved by the original DiSparse code (DESIGN.md contract 5, REFERENCE.md §1.3, §5.1).
+"""State dicts of the original DiSparse code (docs/ARCHITECTURE.md contract 5, docs/ORIGINAL.md §1.3, §5.1).
 
 The original names the backbone exactly as we do (`backbone.blocks.{s}.{b}.conv1`, `backbone.ds.{s}.0`)
 and the heads `task{k}_fc1_c{j}.conv{i}` (k 1-based). Pruned nets carry `torch.nn.utils.prune`
@@ -6,6 +6,14 @@ re-parametrisation pairs `<layer>.weight_orig` + `<layer>.weight_mask` (int32 or
 of `<layer>.weight`; DataParallel adds a `module.` prefix. We map `task<k>` to the k-th configured
 task, fold each pair into a plain weight (orig × mask, so pruned entries are exact zeros) and return
 the mask set separately.
+
+Normals: the original trained NYUv2 normals against the raw encoded B, G, R PNG vectors, so an original
+NYUv2 net's sn head predicts a direction in that space, not a decoded normal. No weight surgery can turn
+it into one (a direction in encoded space meets the sphere of encoded unit normals twice; on the real
+NYUv2 samples 41 % of valid normals lie on the near side), so we keep the weights as they are and
+*record* the convention (`fileio.normals.original_normals_space`: "encoded" for NYUv2-layout datasets),
+and `fileio.load_weights` reports it so evaluation reads the output in that space (the original's normal
+metrics, docs/METRICS.md). Taskonomy's original normals were already decoded.
 """
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
 """Compact export of a pruned network: kept values + bit-packed masks + the dense rest.
 
-A separate file kind from the training checkpoint (DESIGN.md contract 4), for shipping a pruned net.
-Measured on the full NYUv2 net (initial weights, a random 90 %-sparse mask; the dense fp32 `torch.save`
-of the state dict = 100 %): **9.9 %** when the pruned weights are +0.0, **12.7 %** when they are a mix of
-+0.0 and -0.0 (what `w * mask` leaves), 5.7 % with `values_dtype=torch.float16` (lossy). Without any
-deflation the same layout would be 13.2 % / 14.9 %.
+A separate file kind from the training checkpoint (docs/ARCHITECTURE.md contract 4), for shipping a
+pruned net: about a tenth of a dense checkpoint at 90 % sparsity (docs/BENCHMARKS.md (d) has the sizes).
 
 File layout: `torch.save` of a plain dict that loads with `torch.load(..., weights_only=True)`. Few
 tensors (the zip records of `torch.save` cost ~300 bytes each, which matters for small nets)::
@@ -26,7 +23,7 @@ tensors (the zip records of `torch.save` cost ~300 bytes each, which matters for
               bit of the pruned zeros. Or, when pruned zeros of both signs occur, "zero_bits" +
               "rest_bits" (`_encode_positions`).
 
-"deflated" = zlib with the Huffman-only strategy: no match search, so it is fast (~10 ms per MB) and it
+"deflated" = zlib with the Huffman-only strategy: no match search, so it is fast, and it
 still removes most of the redundancy of these streams (a 10 %-dense mask, the few exponents of a weight
 tensor); the low mantissa bytes are incompressible and stay raw.
 
@@ -49,7 +46,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from engine.checkpoint import CheckpointError, atomic_save, read_file, to_plain
+from .atomic import atomic_save
+from .checkpoint import CheckpointError, read_file, to_plain
 
 FORMAT = "disparse-compact"
 VERSION = 1

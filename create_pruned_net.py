@@ -6,11 +6,20 @@
   python create_pruned_net.py --dataset synthetic --method snip --ratio 70 --dest runs/syn --export-compact
   torchrun --nproc_per_node=2 create_pruned_net.py ...   (ranks score different batches; scores are all-reduced)
 
+Channel pruning (methods/channel.py, docs/CHANNELS.md) writes a smaller dense net instead of masks:
+
+  python create_pruned_net.py --dataset nyuv2 --method disparse_channel --macs-ratio 50 --dest /data
+  python create_pruned_net.py --dataset synthetic --method uniform --params-ratio 70 --dest runs/syn --tasks seg
+  python create_pruned_net.py --dataset synthetic --method disparse_channel --from runs/syn/best_synthetic_disparse_channel_50.pth --tasks seg --dest runs/syn
+
 --ratio R makes the achieved sparsity R% (within 0.05 points) by searching the per-task keep ratio;
 --keep-ratio K fixes the per-task keep ratio instead; --paper-keep-ratios uses the original's table.
-Writes {dest}/{dataset}_{method}_{ratio}.pth (checkpoint format of docs/ARCHITECTURE.md contract 4) and,
-beside it, _report.csv / _report.json (per-layer sparsity split by backbone and heads, parameter and MAC
-counts). The methods (methods/oneshot.py):
+The channel methods take --macs-ratio R (R% of the MACs removed, within 1 point) or --params-ratio R.
+Writes {dest}/{dataset}_{method}_{ratio}.pth (checkpoint format of docs/ARCHITECTURE.md contract 4; a
+channel-pruned net adds its architecture spec, contract 11) and, beside it, _report.csv / _report.json
+(per-layer sparsity split by backbone and heads, parameter and MAC counts; per-group widths for channel
+pruning). --tasks T1,T2 (channel methods) also writes the net extracted for those tasks,
+{name}_T1-T2.pth; with --from a channel-pruned (or trained) net and no target, it only extracts. The methods:
 """
 from __future__ import annotations
 
@@ -36,8 +45,20 @@ def build_parser():
                             "for the task-agnostic methods, the fraction of all weights kept")
     group.add_argument("--paper-keep-ratios", action="store_true",
                        help="use the original's hand-tuned keep ratio for --ratio (config pruning.paper_keep_ratios)")
+    structured = parser.add_mutually_exclusive_group()
+    structured.add_argument("--macs-ratio", type=percent, default=None, metavar="R",
+                            help="channel methods: percent of the MACs removed (counted at the config's crop), "
+                                 "reached within 1 point; names the output file")
+    structured.add_argument("--params-ratio", type=percent, default=None, metavar="R",
+                            help="channel methods: percent of the parameters removed instead; names the output file")
+    parser.add_argument("--tasks", default=None, metavar="T1,T2",
+                        help="channel methods: also write the net extracted for these tasks (their heads and the "
+                             "shared channels they chose); with --from a channel-pruned net and no target, only "
+                             "extract from it")
     add_saliency_arguments(parser, saliency_default_help="the method's: pruning.saliency for disparse_static, "
-                                                         "pruning.pt_saliency for disparse_pt, else the method's name")
+                                                         "pruning.pt_saliency for disparse_pt, snip for "
+                                                         "disparse_channel (taylor with --from; or magnitude), "
+                                                         "else the method's name")
     parser.add_argument("--dest", default=".", metavar="DIR", help="output folder")
     parser.add_argument("--from", dest="from_path", default=None, metavar="PATH",
                         help="dense checkpoint to prune (ours or the original's); disparse_pt defaults to "
@@ -51,14 +72,24 @@ def build_parser():
     return parser
 
 
+def selected_tasks(text: str | None, config: dict) -> list[str] | None:
+    """--tasks as a list of the config's tasks (in the config's order), or None."""
+    if text is None:
+        return None
+    tasks = [t for t in text.split(",") if t]
+    unknown = [t for t in tasks if t not in config["tasks"]]
+    if not tasks or unknown or len(set(tasks)) != len(tasks):
+        raise ValueError(f"--tasks must name distinct tasks of the config ({','.join(config['tasks'])}), got {text!r}")
+    return [t for t in config["tasks"] if t in tasks]
+
+
 def run(args) -> None:
     import torch
 
     from engine import losses
     from engine.runtime import seed_everything
-    from fileio import load_weights
     from methods.base import PruneRequest
-    from methods.pipeline import distributed_session, train_loader_rank0_first, write_pruned_net
+    from methods.pipeline import distributed_session, open_net, train_loader_rank0_first, write_pruned_net
     from methods.registry import get_method, paper_keep_ratio
     from models import build_model
 
@@ -67,17 +98,33 @@ def run(args) -> None:
     method = get_method(args.method)
     if args.num_batches is not None and args.num_batches <= 0:
         raise ValueError(f"--num_batches must be positive, got {args.num_batches}")
+    tasks = selected_tasks(args.tasks, config)
+    if tasks and not method.structured:
+        raise ValueError(f"--tasks (extraction) applies to the channel-pruning methods, not {method.name}")
+    if args.export_compact and method.structured:
+        raise ValueError(f"--export-compact applies to masked nets; {method.name} writes a smaller dense net")
+    structured_ratio = args.macs_ratio if args.macs_ratio is not None else args.params_ratio
+    if tasks and structured_ratio is None and args.from_path:
+        extract_only(args, config, method, tasks)
+        return
     keep_ratio = paper_keep_ratio(config, method.name, args.ratio) if args.paper_keep_ratios else args.keep_ratio
+    fraction = None if structured_ratio is None else structured_ratio / 100.0
     source = method.dense_source(args.dest, dataset, args.from_path)
-    request = PruneRequest(target_sparsity=None if keep_ratio else args.ratio / 100.0, keep_ratio=keep_ratio,
-                           saliency=args.saliency, arbiter=args.arbiter or config["pruning"]["arbiter"],
+    request = PruneRequest(target_sparsity=None if keep_ratio or fraction else args.ratio / 100.0,
+                           keep_ratio=keep_ratio, saliency=args.saliency,
+                           arbiter=args.arbiter or config["pruning"]["arbiter"],
                            num_batches=args.num_batches or config["pruning"]["num_batches"],
-                           scoring_mode=args.saliency_mode)
+                           scoring_mode=args.saliency_mode,
+                           macs_removed=fraction if args.macs_ratio is not None else None,
+                           params_removed=fraction if args.params_ratio is not None else None,
+                           from_trained=source is not None)
+    method.check_request(request)
+    ratio = structured_ratio if structured_ratio is not None else args.ratio
     with distributed_session(args.device) as ctx:
         seed_everything(args.seed)
-        model = build_model(config, ctx.device)   # same init on every rank (same seed)
-        if source is not None:
-            load_weights(source, model, config)
+        # same init on every rank (same seed); a file's own architecture when it has one
+        model = (open_net(source, config, ctx.device, allow_extracted=False).model if source
+                 else build_model(config, ctx.device))
         loader = train_loader_rank0_first(config, ctx, seed=args.seed,
                                           batch_size=args.batch_size or config["pruning"]["batch_size"])
         start = time.perf_counter()
@@ -89,15 +136,54 @@ def run(args) -> None:
             return
         extra = {"keep_ratio": result.keep_ratio, "saliency": result.saliency, "arbiter": request.arbiter,
                  "num_batches": request.num_batches, "scoring_mode": request.scoring_mode, "seed": args.seed,
-                 "target_ratio": float(args.ratio), "source": str(source) if source else None, **result.info}
-        path = write_pruned_net(method.files(args.dest, dataset, args.ratio), model, config, method.name, result,
-                                extra, export_compact=args.export_compact)
-        keep = f", per-task keep ratio {result.keep_ratio:.6f}" if result.keep_ratio is not None else ""
-        print(f"{method.name}: sparsity {100 * result.sparsity:.3f}% (target {args.ratio:g}%){keep}, "
-              f"scored with {result.saliency} in {elapsed:.1f}s -> {path}")
-        if request.target_sparsity is None and abs(100 * result.sparsity - args.ratio) > 0.5:
+                 "target_ratio": float(ratio), "source": str(source) if source else None, **result.info}
+        files = method.files(args.dest, dataset, ratio)
+        path = write_pruned_net(files, model, config, method.name, result, extra, export_compact=args.export_compact)
+        if "macs_removed" in result.entries:
+            target = "MACs" if args.macs_ratio is not None else "parameters"
+            print(f"{method.name}: {100 * result.entries['macs_removed']:.2f}% of the MACs and "
+                  f"{100 * result.entries['params_removed']:.2f}% of the parameters removed (target {ratio:g}% of "
+                  f"the {target}), scored with {result.saliency} in {elapsed:.1f}s -> {path}")
+        else:
+            keep = f", per-task keep ratio {result.keep_ratio:.6f}" if result.keep_ratio is not None else ""
+            print(f"{method.name}: sparsity {100 * result.sparsity:.3f}% (target {args.ratio:g}%){keep}, "
+                  f"scored with {result.saliency} in {elapsed:.1f}s -> {path}")
+        if request.keep_ratio is not None and abs(100 * result.sparsity - args.ratio) > 0.5:
             print(f"note: the file is named for --ratio {args.ratio:g} but the keep ratio gives "
                   f"{100 * result.sparsity:.2f}%")
+        if tasks:
+            write_extracted(files, model=result.model, entries=result.entries, tasks=tasks, config=config,
+                            method=method, method_name=method.name, extra=extra)
+
+
+def extract_only(args, config: dict, method, tasks: list[str]) -> None:
+    """--tasks with --from a net and no target: the net extracted for `tasks`, named after the source."""
+    from pathlib import Path
+
+    from engine.runtime import select_device
+    from methods.base import RunFiles
+    from methods.pipeline import open_net
+
+    opened = open_net(args.from_path, config, select_device(args.device))
+    source = Path(args.from_path)
+    stem = source.name[:-4] if source.name.endswith(".pth") else source.stem
+    write_extracted(RunFiles(Path(args.dest), stem), model=opened.model, entries=opened.weights.meta,
+                    tasks=tasks, config=opened.config, method=method,
+                    method_name=opened.weights.meta.get("method") or method.name,
+                    extra={"source": str(source), "seed": args.seed})
+
+
+def write_extracted(files, *, model, entries, tasks: list[str], config: dict, method, method_name: str,
+                    extra: dict) -> None:
+    """Write `{files.name}_{tasks}.pth`: `model` (with its checkpoint `entries`) extracted for `tasks`."""
+    from methods.pipeline import write_pruned_net
+
+    sub, sub_config = method.extract(model, entries, tasks, config)
+    path = write_pruned_net(files.derived(f"_{'-'.join(tasks)}"), model, sub_config, method_name, sub,
+                            {**extra, "extracted_tasks": tasks})
+    print(f"extracted for {', '.join(tasks)}: {100 * sub.entries['macs_removed']:.2f}% of the MACs and "
+          f"{100 * sub.entries['params_removed']:.2f}% of the parameters of the dense {'+'.join(tasks)} net removed "
+          f"-> {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

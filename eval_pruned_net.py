@@ -9,9 +9,11 @@ Which file: --checkpoint PATH, or the original naming {dest}/best_{dataset}_{met
 (best_{dataset}_baseline.pth for --method baseline). Dense or sparse, in our checkpoint format, the
 compact export, or a state dict saved by the original code (task<k> heads map to the config's k-th task).
 
-The JSON holds the metrics with the original keys (docs/ARCHITECTURE.md contract 8), `sparsity` (fraction
-of pruned prunable weights: from the masks when the file has them, else the exact zeros of the weights)
-and, when a baseline is given, `delta_m` (percent, against --baseline-metrics) with `delta_m_definition`
+A channel-pruned or extracted net is built from the architecture spec in its file (an extracted net is
+evaluated on its own tasks). The JSON holds the metrics with the original keys (docs/ARCHITECTURE.md
+contract 8), `sparsity` (fraction of pruned prunable weights: from the masks when the file has them, else
+the exact zeros of the weights), `cost` (parameters, MACs and the measured batch-1 latency at the
+evaluation size; `macs_removed` / `params_removed` for a channel-pruned net) and, when a baseline is given, `delta_m` (percent, against --baseline-metrics) with `delta_m_definition`
 (the config's eval.delta_m_definition: task_mean or metric_mean, docs/METRICS.md); an undefined value is
 written as null. Normal predictions are read in the space the file records (docs/METRICS.md). The name is
 the network name ({dataset}_{method}_{ratio}, {dataset}_baseline) or, for --checkpoint, the file name
@@ -44,6 +46,9 @@ def build_parser():
                         help="metric definitions: standard, or the original's quirks; unset = the config's "
                              "eval.metrics_compat")
     parser.add_argument("--split", default="test", help="split to evaluate")
+    parser.add_argument("--latency-runs", type=int, default=5, metavar="N",
+                        help="timed batch-1 forward passes at the evaluation size for the latency in the metrics' "
+                             "`cost` (median; 0 skips it)")
     add_progress_argument(parser)
     return parser
 
@@ -67,10 +72,10 @@ def resolve_checkpoint(args, dataset: str) -> tuple[Path, Path]:
 
 def run(args) -> dict:
     from engine.delta_m import delta_m
+    from engine.metrics import metric_tasks
     from engine.runtime import seed_everything, select_device
     from fileio import read_json
-    from methods.pipeline import evaluate_split, load_net, report_metrics
-    from models import build_model
+    from methods.pipeline import evaluate_split, net_cost, open_net, report_metrics
 
     config = config_from_args(args)
     path, out = resolve_checkpoint(args, config["dataset"])
@@ -79,19 +84,28 @@ def run(args) -> dict:
     baseline = read_json(args.baseline_metrics, "baseline metrics file", dict) if args.baseline_metrics else None
     device = select_device(args.device)
     seed_everything(args.seed)
-    model = build_model(config, "cpu")
-    loaded, sparsity = load_net(path, model, config)
+    if args.latency_runs < 0:
+        raise ValueError(f"--latency-runs must be 0 or more, got {args.latency_runs}")
+    opened = open_net(path, config, "cpu")
+    model, loaded, sparsity = opened.model, opened.weights, opened.sparsity
     kind = "original-format" if loaded.original else (loaded.meta.get("method") or "our")
-    print(f"evaluating {path} ({kind} checkpoint, sparsity {100 * sparsity:.2f}%) on the {args.split} split")
+    shape = "channel-pruned, " if "architecture" in loaded.meta else ""
+    subset = "" if opened.config["tasks"] == config["tasks"] else f", for {', '.join(opened.config['tasks'])} only"
+    config = opened.config
+    print(f"evaluating {path} ({kind} checkpoint, {shape}sparsity {100 * sparsity:.2f}%{subset}) on the "
+          f"{args.split} split")
     progress = {"auto": sys.stderr.isatty(), "on": True, "off": False}[args.progress]
     if "sn" in config["tasks"]:
         print(f"normal predictions read in the {loaded.normals_space} space")
     metrics = evaluate_split(model, config, args.split, device, compat=args.compat, progress=progress,
                              normals_space=loaded.normals_space)
     metrics["sparsity"] = sparsity
+    metrics["cost"] = net_cost(model.to(device), config, loaded.meta, latency_runs=args.latency_runs)
     if baseline is not None:
         definition = config["eval"]["delta_m_definition"]
-        metrics["delta_m"] = delta_m(metrics, baseline, definition)
+        # an extracted net is compared on its own tasks
+        metrics["delta_m"] = delta_m(metrics, {k: v for k, v in baseline.items() if k not in
+                                               set(metric_tasks(baseline)) - set(config["tasks"])}, definition)
         metrics["delta_m_definition"] = definition
     report_metrics(metrics, out)
     print(f"wrote {out}")

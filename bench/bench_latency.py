@@ -25,6 +25,7 @@ from common import (base_parser, child_args, fake_batch, interleaved_samples, ma
                     thread_settings, workload)
 import torch
 
+from engine.cli import image_size
 from fileio import atomic_save, make_checkpoint
 from models import MultiTaskNet, architecture_of
 from models.onnx_export import export_onnx, onnx_session
@@ -34,17 +35,6 @@ from prune_utils.channel_pruning import CHANNEL_METHODS, prune_channels, score_f
 TARGETS = {50: 1.8, 70: 3.0}            # speedup at that % MACs removed, 2 threads
 MAC_SIZE = (321, 321)
 DENSE = "dense"
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, _, w = text.partition("x")
-    try:
-        size = (int(h), int(w))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a size is HxW, e.g. 321x321, got {text!r}") from None
-    if min(size) < 33:
-        raise argparse.ArgumentTypeError(f"sizes below 33x33 leave nothing at 1/8 resolution, got {text!r}")
-    return size
 
 
 def label_of(ratio: int) -> str:
@@ -101,7 +91,7 @@ def build_nets(args: argparse.Namespace, out: Path) -> list[dict]:
 def run_child(args: argparse.Namespace) -> None:
     """`--child RUNTIME:HxW:FILE`: load one net, note the RSS, run one inference, report the peak (own process)."""
     runtime, size, path = args.child.split(":", 2)
-    h, w = parse_size(size)
+    h, w = image_size(size)
     img = torch.randn(1, 3, h, w)
     torch.set_num_threads(1)
     if runtime == "torch":
@@ -153,7 +143,7 @@ def time_setting(rows: list[dict], size: tuple[int, int], threads: int, args: ar
 
 def main() -> None:
     parser = base_parser(__doc__.split("\n")[0], width=1.0, crop=None, batch=None, repeats=3)
-    parser.add_argument("--sizes", type=parse_size, nargs="+", default=[(321, 321), (480, 640)],
+    parser.add_argument("--sizes", type=image_size, nargs="+", default=[(321, 321), (480, 640)],
                         help="input sizes HxW (default: 321x321 480x640)")
     parser.add_argument("--ratios", type=int, nargs="+", default=[30, 50, 70],
                         help="%% of MACs removed by the pruned nets (default: 30 50 70)")

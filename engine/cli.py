@@ -33,6 +33,18 @@ def percent(value: str) -> float:
     return number
 
 
+def image_size(text: str) -> tuple[int, int]:
+    """argparse type for an image size `HxW` (e.g. 321x321); at least 9x9, so the 1/8-resolution outputs exist."""
+    h, _, w = text.partition("x")
+    try:
+        size = (int(h), int(w))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an image size is HxW, e.g. 321x321, got {text!r}") from None
+    if min(size) < 9:
+        raise argparse.ArgumentTypeError(f"an image size must be at least 9x9 (outputs are at 1/8), got {text!r}")
+    return size
+
+
 def unit_fraction(value: str) -> float:
     """argparse type for `--keep-ratio`: a fraction in (0, 1]."""
     try:

@@ -210,6 +210,19 @@ def loss_weights(config: Mapping) -> dict[str, float]:
     return {t: float(w) for t, w in zip(config["tasks"], config["loss_weights"])}
 
 
+def restrict_tasks(config: Mapping, tasks: Sequence[str]) -> dict:
+    """A copy of `config` for a subset of its tasks (in the config's order): `tasks`, `num_classes` and
+    `loss_weights` keep those tasks' entries. For a net extracted for some tasks (docs/CHANNELS.md)."""
+    unknown = [t for t in tasks if t not in config["tasks"]]
+    if unknown or not tasks:
+        raise ConfigError(f"tasks {list(tasks)} are not a non-empty subset of the config's {list(config['tasks'])}")
+    keep = [i for i, t in enumerate(config["tasks"]) if t in tasks]
+    restricted = copy.deepcopy(dict(config))
+    for key in ("tasks", "num_classes", "loss_weights"):
+        restricted[key] = [config[key][i] for i in keep]
+    return restricted
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that choose and adjust a config: --dataset, --config, --set, --data-root."""
     parser.add_argument("--dataset", choices=DATASETS, default=None,

@@ -425,6 +425,8 @@ def _fmt(value: Any, unit: str) -> tuple[str, str]:
         return str(value), ""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value), ""
+    if isinstance(value, int) and unit == "":
+        return f"{value:,}", ""                       # counts (a net's parameters, MACs)
     if unit == "frac":
         return f"{100.0 * value:.2f}", "%"
     if unit in ("%", "deg"):

@@ -8,8 +8,8 @@ from .atomic import atomic_save, atomic_write, atomic_write_bytes, atomic_write_
 from .checkpoint import (FORMAT, VERSION, CheckpointError, check_tasks, load_checkpoint, load_model_state,
                          make_checkpoint, read_file, to_plain)
 from .json_file import atomic_write_json, json_text, read_json
-from .load import Weights, load_weights, read_weights
+from .load import Weights, install_weights, load_weights, read_weights
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "Weights", "atomic_save", "atomic_write", "atomic_write_bytes",
-           "atomic_write_json", "atomic_write_text", "check_tasks", "json_text", "load_checkpoint",
+           "atomic_write_json", "atomic_write_text", "check_tasks", "install_weights", "json_text", "load_checkpoint",
            "load_model_state", "load_weights", "make_checkpoint", "read_file", "read_json", "read_weights", "to_plain"]

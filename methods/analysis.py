@@ -15,15 +15,17 @@ import torch
 from tqdm import tqdm
 
 from engine.runtime import seed_everything
-from fileio import CheckpointError, atomic_write_text, load_weights
+from fileio import CheckpointError, atomic_write_text
 from models import build_model
 from prune_utils import iou as I
 from prune_utils import similarity as S
+from prune_utils.channel_pruning import channel_task_masks
 from prune_utils.mask_builder import masks_for_sparsity, task_masks
-from prune_utils.masks import check_masks, masks_to, sparsity
+from prune_utils.masks import masks_to, sparsity
 from prune_utils.plots import iou_bar_plot, similarity_heatmap
 from prune_utils.structure import TaskStructure
 
+from .pipeline import OpenedNet, open_net
 from .scoring import score_fresh_net, score_net
 
 
@@ -46,17 +48,48 @@ def structure_of_config(config: Mapping) -> TaskStructure:
         return TaskStructure.from_model(build_model(config, "meta"))
 
 
-def load_pruned(path: str, config: Mapping, device: Any) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    """(model with the file's weights, its mask set); one-line errors for a file without masks or for other tasks."""
-    model = build_model(config, device)
-    masks = load_weights(path, model, config).masks
+def pruned_net(opened: OpenedNet, path: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """(model with the file's weights, its mask set); a one-line error for a file without masks."""
+    masks = opened.weights.masks
     if not masks:
         raise CheckpointError(f"checkpoint {path} holds no masks (a dense model); --from needs a pruned checkpoint")
-    try:
-        check_masks(model, masks)
-    except ValueError as exc:
-        raise CheckpointError(f"checkpoint {path}: {exc}") from None
-    return model, masks_to(masks, "cpu")
+    return opened.model, masks_to(masks, "cpu")
+
+
+def channel_iou_analysis(channels: Mapping[str, Any], path: str, config: Mapping, dest: str | Path,
+                         plot: bool = True) -> dict:
+    """Per-layer IoU of the tasks' own channel choices over the shared channel groups of a channel-pruned
+    net (its `channels` report): writes {dest}/{dataset}_channel_iou.json/.csv(/.png), prints a table."""
+    per_task, structure = channel_task_masks(channels)
+    if len(per_task) < 2:
+        raise ValueError(f"{path} holds no per-task channel choices of two or more tasks (method "
+                         f"{channels.get('method')}: only disparse_channel records them)")
+    report = I.analyse(per_task, structure)
+    target = channels.get("target") or {}
+    record = {"dataset": config["dataset"], "tasks": list(per_task), "source": str(path), "level": "channel",
+              "method": channels.get("method"), "importance": channels.get("importance"),
+              "arbiter": channels.get("arbiter"), "target": target, "fraction": channels.get("fraction"),
+              **report.as_dict()}
+    title = (f"Channel IoU on Tasks Across Backbone Groups: {config['dataset']} ({len(per_task)} tasks, "
+             f"{channels.get('method')} {channels.get('importance')}, {100 * target.get('removed', 0):g}% "
+             f"{target.get('kind', '')} removed, from {Path(path).name})")
+    return write_iou(report, record, Path(dest) / f"{config['dataset']}_channel_iou", title if plot else None)
+
+
+def write_iou(report: I.IoUReport, record: dict, stem: Path, title: Optional[str]) -> dict:
+    """{stem}.json and .csv (and a bar plot {stem}.png when `title` is given); prints the summary table."""
+    S.write_json(stem.with_suffix(".json"), record)
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(I.to_csv_rows(report))
+    atomic_write_text(stem.with_suffix(".csv"), buffer.getvalue())
+    written = [stem.with_suffix(".json"), stem.with_suffix(".csv")]
+    if title is not None:
+        iou_bar_plot(report, stem.with_suffix(".png"), title=title)
+        written.append(stem.with_suffix(".png"))
+    print()
+    print(I.summary_table(report))
+    print("\nwrote " + ", ".join(str(p) for p in written))
+    return record
 
 
 def iou_analysis(config: Mapping, scoring: Scoring, dest: str | Path, *, keep_ratio: Optional[float] = None,
@@ -65,7 +98,8 @@ def iou_analysis(config: Mapping, scoring: Scoring, dest: str | Path, *, keep_ra
 
     A fresh net (default) keeps, per task, `keep_ratio` of its pool (default `pruning.iou_keep_ratio`), or
     the keep ratio at which the arbiter's combined mask has `ratio` % sparsity; a pruned checkpoint
-    (`from_ckpt`) keeps, per task, the top `keep_ratio` of the weights the checkpoint kept in its pool.
+    (`from_ckpt`) keeps, per task, the top `keep_ratio` of the weights the checkpoint kept in its pool. A
+    channel-pruned checkpoint gets the channel-level analysis instead (`channel_iou_analysis`).
     """
     tasks = list(config["tasks"])
     if len(tasks) < 2:
@@ -73,6 +107,12 @@ def iou_analysis(config: Mapping, scoring: Scoring, dest: str | Path, *, keep_ra
     if from_ckpt and ratio is not None:
         raise ValueError("--ratio cannot be combined with --from (the checkpoint already fixes the sparsity); "
                          "use --keep-ratio")
+    opened = open_net(from_ckpt, config, scoring.device) if from_ckpt else None
+    if opened is not None and "channels" in opened.weights.meta:
+        if keep_ratio is not None:
+            raise ValueError("--keep-ratio does not apply to a channel-pruned checkpoint (its tasks' channel choices "
+                             "are in the file)")
+        return channel_iou_analysis(opened.weights.meta["channels"], from_ckpt, config, dest, plot)
     structure = structure_of_config(config)
     meta: dict[str, Any] = {"dataset": config["dataset"], "tasks": tasks, "num_batches": scoring.num_batches,
                             "batch_size": scoring.batch_size, "seed": scoring.seed, "saliency_mode": scoring.mode,
@@ -81,7 +121,7 @@ def iou_analysis(config: Mapping, scoring: Scoring, dest: str | Path, *, keep_ra
     common = dict(seed=scoring.seed, num_batches=scoring.num_batches, method=scoring.method,
                   batch_size=scoring.batch_size, device=scoring.device, progress=scoring.progress, mode=scoring.mode)
     if from_ckpt:
-        model, kept = load_pruned(from_ckpt, config, scoring.device)
+        model, kept = pruned_net(opened, from_ckpt)
         seed_everything(scoring.seed)
         print(f"scoring checkpoint {from_ckpt} (sparsity {100 * sparsity(kept):.2f}%) per task with "
               f"{scoring.method} saliency over {scoring.num_batches} batch(es) on {scoring.device}")
@@ -108,25 +148,13 @@ def iou_analysis(config: Mapping, scoring: Scoring, dest: str | Path, *, keep_ra
     del scores
 
     report = I.analyse({t: per_task[t] for t in tasks}, structure)
-    stem = Path(dest) / f"{config['dataset']}_iou"
-    record = {**meta, **report.as_dict()}
-    S.write_json(stem.with_suffix(".json"), record)
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(I.to_csv_rows(report))
-    atomic_write_text(stem.with_suffix(".csv"), buffer.getvalue())
-    written = [stem.with_suffix(".json"), stem.with_suffix(".csv")]
-    if plot:
-        level = (f"ratio {ratio:g}% -> keep {meta['keep_ratio']:.4g}" if ratio is not None
-                 else f"keep {meta['keep_ratio']:.4g}")
-        iou_bar_plot(report, stem.with_suffix(".png"),
-                     title=f"IoU on Tasks Across Backbone Layers: {config['dataset']} ({len(tasks)} tasks, {level}, "
-                           f"{scoring.num_batches} batch(es), {meta['saliency']}"
-                           + (f", from {Path(from_ckpt).name}" if from_ckpt else "") + ")")
-        written.append(stem.with_suffix(".png"))
-    print()
-    print(I.summary_table(report))
-    print("\nwrote " + ", ".join(str(p) for p in written))
-    return record
+    level = (f"ratio {ratio:g}% -> keep {meta['keep_ratio']:.4g}" if ratio is not None
+             else f"keep {meta['keep_ratio']:.4g}")
+    title = (f"IoU on Tasks Across Backbone Layers: {config['dataset']} ({len(tasks)} tasks, {level}, "
+             f"{scoring.num_batches} batch(es), {meta['saliency']}"
+             + (f", from {Path(from_ckpt).name}" if from_ckpt else "") + ")")
+    return write_iou(report, {**meta, **report.as_dict()}, Path(dest) / f"{config['dataset']}_iou",
+                     title if plot else None)
 
 
 def similarity_study(config: Mapping, scoring: Scoring, *, sparsities: Sequence[float], keep_ratio_mode: str,

@@ -3,7 +3,8 @@
 A method (`--method NAME`) decides, for both tools that take one:
 
 * `create_pruned_net.py`: whether it makes a pruned file at all (`makes_pruned_file`), from which net
-  (`dense_source`), and how the masks are made (`prune`);
+  (`dense_source`), which targets it takes (`check_request`: a sparsity, or for the `structured` channel
+  methods a fraction of MACs or parameters removed), and how the masks (or the smaller net) are made (`prune`);
 * `launch_training.py`: which config key `--max-iters` sets (`iterations_key`), the training options
   (`train_options`), the file it starts from (`start_file`), the sparsity controller the trainer gets
   (`start`), and how training runs (`train`: one `Trainer.fit`, or LTH's rounds);
@@ -96,7 +97,8 @@ class TrainingRun:
 
 @dataclass
 class PruneRequest:
-    """How to prune (create_pruned_net.py). Exactly one of `target_sparsity` (a fraction) and `keep_ratio`."""
+    """How to prune (create_pruned_net.py). Exactly one target: `target_sparsity` or `keep_ratio` (weight
+    masks), `macs_removed` or `params_removed` (channel pruning); all fractions."""
 
     target_sparsity: Optional[float] = None
     keep_ratio: Optional[float] = None
@@ -104,10 +106,20 @@ class PruneRequest:
     arbiter: str = "unanimous"
     num_batches: int = 1
     scoring_mode: str = "batch_stats"
+    macs_removed: Optional[float] = None
+    params_removed: Optional[float] = None
+    from_trained: bool = False            # the scored net is a trained one (--from), not a fresh one
 
     def __post_init__(self) -> None:
-        if (self.target_sparsity is None) == (self.keep_ratio is None):
-            raise ValueError("give exactly one of a target sparsity (--ratio) and a keep ratio (--keep-ratio)")
+        targets = (self.target_sparsity, self.keep_ratio, self.macs_removed, self.params_removed)
+        if sum(t is not None for t in targets) != 1:
+            raise ValueError("give exactly one target: a sparsity (--ratio) or a keep ratio (--keep-ratio), or for "
+                             "channel pruning a fraction of MACs (--macs-ratio) or of parameters (--params-ratio)")
+
+    @property
+    def structured(self) -> bool:
+        """The target is a fraction of MACs or parameters removed (channel pruning)."""
+        return self.macs_removed is not None or self.params_removed is not None
 
 
 @dataclass
@@ -135,6 +147,7 @@ class Method:
     summary: str = ""
     makes_pruned_file = False               # create_pruned_net.py makes the file training starts from
     per_task = False                        # per-task masks and an arbiter (vs one task-agnostic mask)
+    structured = False                      # removes channels: a smaller dense net, MACs/params targets
     uses_ratio = True                       # --ratio names its files and sets its sparsity
     iterations_key: tuple[str, str] = ("train", "max_iters")   # the config key --max-iters sets
 
@@ -188,6 +201,13 @@ class Method:
               device: torch.device, generator: torch.Generator, progress: Optional[bool] = None,
               structure: Any = None) -> PruneResult:
         raise ValueError(f"method {self.name!r} is not made by create_pruned_net.py ({self.summary})")
+
+    def check_request(self, request: PruneRequest) -> None:
+        """Refuse a target this method cannot reach (before any work): weight masks take a sparsity or keep
+        ratio, channel pruning a fraction of MACs or parameters."""
+        if request.structured and not self.structured:
+            raise ValueError(f"--macs-ratio / --params-ratio apply to the channel-pruning methods, not {self.name} "
+                             f"(use --ratio R for its sparsity)")
 
     def dense_source(self, dest: str | Path, dataset: str, from_path: Optional[str]) -> Optional[Path]:
         """The trained net create_pruned_net.py prunes (checked to exist), or None for a fresh net."""

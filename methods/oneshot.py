@@ -44,6 +44,7 @@ class OneShotPruning(Method):
     """
 
     makes_pruned_file = True
+    target_flag = "--ratio"                 # the create_pruned_net.py flag that names the pruned file
 
     def __init__(self, name: str, summary: str, *, saliency: str, per_task: bool,
                  pretrained: Optional[Method] = None, retrain: bool = False) -> None:
@@ -113,7 +114,7 @@ class OneShotPruning(Method):
         if from_path:
             return require_file(Path(from_path), "pruned checkpoint")
         return require_file(files.pruned, "pruned checkpoint", f" (make it with create_pruned_net.py --dataset "
-                            f"{files.dataset} --method {self.name} --ratio {ratio_label(files.ratio)} --dest "
+                            f"{files.dataset} --method {self.name} {self.target_flag} {ratio_label(files.ratio)} --dest "
                             f"{files.dest}, or pass --from PATH)")
 
     def start(self, run: TrainingRun) -> StaticSparsity:

@@ -3,6 +3,7 @@ evaluating any weight file, writing a pruned net with its report, printing and w
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
@@ -12,11 +13,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dataloaders import build_loader
+from engine.config import restrict_tasks
 from engine.distributed import DistContext, barrier, cleanup, setup_distributed
 from engine.evaluate import evaluate
+from engine.latency import measure_latency
 from engine.metrics import format_table
-from fileio import Weights, atomic_save, atomic_write_json, compact, load_weights, make_checkpoint
+from fileio import (CheckpointError, Weights, atomic_save, atomic_write_json, compact, install_weights, load_weights,
+                    make_checkpoint, read_weights)
+from models import build_model
 from prune_utils import report
+from prune_utils.channel_pruning import channel_summary, format_channel_summary
 from prune_utils.masks import apply_masks, check_masks, prunable_parameters, sparsity as mask_sparsity
 
 from .base import PruneResult, RunFiles
@@ -61,11 +67,47 @@ def load_net(path: str | Path, model: nn.Module, config: Mapping) -> tuple[Weigh
 
     The sparsity is the masks' when the file has masks, else the fraction of exact zeros."""
     loaded = load_weights(path, model, config)
+    return loaded, _apply_file_masks(model, loaded)
+
+
+def _apply_file_masks(model: nn.Module, loaded: Weights) -> float:
     if loaded.masks:
         check_masks(model, loaded.masks)
         apply_masks(model, loaded.masks)
-        return loaded, float(mask_sparsity(loaded.masks))
-    return loaded, zero_fraction(model)
+        return float(mask_sparsity(loaded.masks))
+    return zero_fraction(model)
+
+
+@dataclass
+class OpenedNet:
+    """A net built for a weight file, its weights (and masks) loaded; `config` is the config it runs with."""
+
+    model: nn.Module
+    weights: Weights
+    sparsity: float
+    config: dict
+
+
+def open_net(path: str | Path, config: Mapping, device: torch.device | str = "cpu",
+             allow_extracted: bool = True) -> OpenedNet:
+    """The net a weight file describes, loaded (any kind, as `load_net`): built from the file's architecture
+    spec when it has one (a channel-pruned net, docs/CHANNELS.md), else the config's net. A net extracted for
+    some of the config's tasks runs with the config restricted to them (refused unless `allow_extracted`)."""
+    with torch.device("meta"):
+        model_keys = list(build_model(config, "meta").state_dict())   # checks original-format files key by key
+    weights = read_weights(path, config["tasks"], config["num_classes"], model_keys=model_keys,
+                           dataset=config.get("dataset"), task_subset=True)
+    tasks = list(weights.meta.get("tasks") or config["tasks"])
+    if tasks != list(config["tasks"]) and not allow_extracted:
+        raise CheckpointError(f"{path} holds a net extracted for {tasks}; this step needs the net for all the "
+                              f"config's tasks {list(config['tasks'])} (extract after it)")
+    config = dict(config) if tasks == list(config["tasks"]) else restrict_tasks(config, tasks)
+    try:
+        model = build_model(config, device, architecture=weights.meta.get("architecture"))
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
+    install_weights(weights, path, model, config)
+    return OpenedNet(model, weights, _apply_file_masks(model, weights), config)
 
 
 def evaluate_split(model: nn.Module, config: Mapping, split: str, device: torch.device, *,
@@ -80,6 +122,21 @@ def evaluate_split(model: nn.Module, config: Mapping, split: str, device: torch.
                     normals_space=normals_space)
 
 
+def net_cost(model: nn.Module, config: Mapping, meta: Mapping[str, Any], latency_runs: int = 5) -> dict[str, Any]:
+    """What running `model` costs, for the metrics file: parameters, MACs and (with `latency_runs` > 0) the
+    measured batch-1 latency at the evaluation size (`data.image_shape`), plus the fractions of MACs and
+    parameters a channel-pruned file records having removed (`meta`: the file's metadata)."""
+    size = tuple(int(v) for v in config["data"]["image_shape"])
+    cost: dict[str, Any] = {"params": int(report.param_counts(model)["total"]),
+                            "macs": int(report.mac_counts(model, input_size=(1, 3, *size))["dense"])}
+    cost.update({k: float(meta[k]) for k in ("macs_removed", "params_removed") if k in meta})
+    if latency_runs > 0:
+        latency = measure_latency(model, size, runs=latency_runs)
+        cost.update(latency_ms=latency["median_ms"], latency_min_ms=latency["min_ms"], latency_runs=latency_runs,
+                    latency_threads=latency["threads"], input_size="x".join(map(str, size)))
+    return cost
+
+
 def report_metrics(metrics: Mapping[str, Any], path: Path) -> None:
     """Print the metrics table and write the metrics JSON (an undefined metric is written as null)."""
     print(format_table(metrics))
@@ -89,13 +146,18 @@ def report_metrics(metrics: Mapping[str, Any], path: Path) -> None:
 def write_pruned_net(files: RunFiles, model: nn.Module, config: Mapping, method: str, result: PruneResult,
                      extra: Mapping[str, Any], export_compact: bool = False) -> Path:
     """Write the pruned net `files.pruned` (our checkpoint), its per-layer report (`_report.csv` / `.json`,
-    printed) and, when asked, the compact export; returns the checkpoint's path."""
+    printed; for a channel-pruned net the per-group widths in `_report.json`) and, when asked, the compact
+    export; returns the checkpoint's path."""
     net = result.model if result.model is not None else model
     if result.model is None and result.masks is not None:
         apply_masks(net, result.masks)
     path = files.pruned
     atomic_save(make_checkpoint(net.state_dict(), config, method, masks=result.masks, sparsity=result.sparsity,
                                 **result.entries, **extra), path)
+    if result.masks is None and "channels" in result.entries:     # a channel-pruned net: widths, not masks
+        summary = {**channel_summary(result.entries["channels"]), "pruning": {"method": method, **extra}}
+        report.write_json(summary, files.sibling("_report.json"))
+        print(format_channel_summary(summary))
     if result.masks is not None:
         crop = (1, 3, config["data"]["crop_h"], config["data"]["crop_w"])
         summary = report.build_report(net, result.masks, input_size=crop)

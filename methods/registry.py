@@ -1,6 +1,6 @@
 """The method registry: every `--method` name and the object that says what it means.
 
-This is the one table to edit to add a method: instantiate a family (`OneShotPruning`,
+This is the one table to edit to add a method: instantiate a family (`OneShotPruning`, `ChannelPruning`,
 `DynamicSparseTraining`, `IterativeMagnitudePruning`, `DenseTraining`, or a new `Method` subclass in
 its own module) and list it here. The tools take their `--method` choices and every method-specific
 decision from these objects (docs/ARCHITECTURE.md, "Methods").
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from .base import Method
+from .channel import ChannelPruning
 from .dense import DenseTraining
 from .dynamic import DynamicSparseTraining
 from .lth import IterativeMagnitudePruning
@@ -33,6 +34,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                    per_task=False),
     DynamicSparseTraining("rigl", "RigL: growth by the gradient of the weighted summed loss", mode="rigl"),
     IterativeMagnitudePruning("lth", "lottery ticket / iterative magnitude pruning with rewinding (config lth)"),
+    ChannelPruning("disparse_channel", "structured DiSparse: per-task channel scores and top-k, backbone channels "
+                   "by the arbiter; a smaller dense net (--macs-ratio / --params-ratio)"),
+    ChannelPruning("channel_snip", "task-agnostic channel pruning: SNIP group scores of the weighted summed loss, "
+                   "one global ranking"),
+    ChannelPruning("channel_taylor", "task-agnostic channel pruning: first-order Taylor group scores of the "
+                   "weighted summed loss, one global ranking"),
+    ChannelPruning("channel_magnitude", "task-agnostic channel pruning: group L1 norms, one global ranking"),
+    ChannelPruning("uniform", "every channel width scaled by the same factor (largest L1 norms kept)"),
 )}
 
 
@@ -55,7 +64,7 @@ def paper_keep_ratio(config: Mapping, name: str, ratio_percent: float) -> float:
     """The original's hand-tuned per-task keep ratio of a per-task method (`--paper-keep-ratios`)."""
     method = get_method(name)
     if not method.per_task:
-        per_task = method_names(lambda m: m.per_task and m.makes_pruned_file)
+        per_task = method_names(lambda m: m.per_task and m.makes_pruned_file and not m.structured)
         raise ValueError(f"--paper-keep-ratios applies to {' and '.join(per_task)}, not {name}")
     return method.paper_keep_ratio(config, ratio_percent)
 

@@ -82,13 +82,7 @@ class ChannelGroups:
         self.by_name = {g.name: g for g in self.groups}
         self.tasks = list(tasks)
         self.fixed = list(fixed)        # layers whose output channels reach a model output (never pruned)
-        unknown = sorted({g.owner for g in self.groups} - {SHARED, *self.tasks})
-        if unknown:
-            raise ValueError(f"channel groups owned by {unknown}, which are not among the tasks {self.tasks}")
-        everyone = frozenset(self.tasks)
-        self.structure = TaskStructure(
-            {g.name: everyone if g.owner == SHARED else frozenset([g.owner]) for g in self.groups}, self.tasks,
-            shared=[g.name for g in self.groups if g.owner == SHARED])
+        self.structure = group_structure({g.name: g.owner for g in self.groups}, self.tasks)
 
     def __iter__(self) -> Iterator[ChannelGroup]:
         return iter(self.groups)
@@ -111,6 +105,17 @@ class ChannelGroups:
 
     def sizes(self) -> dict[str, int]:
         return {g.name: g.size for g in self.groups}
+
+
+def group_structure(owners: Mapping[str, str], tasks: Sequence[str]) -> TaskStructure:
+    """The task partition of channel groups, `{group name: owner}` in layer order (owner `SHARED` or a task):
+    a shared group is used by every task, a head's group by its task alone."""
+    unknown = sorted(set(owners.values()) - {SHARED, *tasks})
+    if unknown:
+        raise ValueError(f"channel groups owned by {unknown}, which are not among the tasks {list(tasks)}")
+    everyone = frozenset(tasks)
+    return TaskStructure({name: everyone if owner == SHARED else frozenset([owner]) for name, owner in owners.items()},
+                         tasks, shared=[name for name, owner in owners.items() if owner == SHARED])
 
 
 def default_example_input(model: nn.Module, size: int = 65) -> torch.Tensor:

@@ -31,14 +31,15 @@ from models import Architecture, MultiTaskNet, architecture_of
 
 from .arbiters import ArbiterLike
 from .channel_cost import ChannelCost
-from .channel_groups import ChannelGroups, channel_groups, remove_channels
+from .channel_groups import ChannelGroups, channel_groups, group_structure, remove_channels
 from .channel_importance import GroupScores, score_channels
 from .channel_selection import ChannelSelection, Target, at_least_one, select_channels
 from .masks import unwrap
 from .saliency import ALL
-from .structure import SHARED
+from .structure import SHARED, TaskStructure
 
 REPORT_VERSION = 1
+CHECKPOINT_KEYS = ("architecture", "macs_removed", "params_removed", "channels")
 DEFAULT_IMPORTANCE = "snip"
 DEFAULT_INPUT_SIZE = (321, 321)
 Scorer = Callable[[nn.Module, ChannelGroups], GroupScores]
@@ -102,9 +103,10 @@ class ChannelPruneResult:
     report: dict[str, Any]
 
     def checkpoint_fields(self) -> dict[str, Any]:
-        """The keys a channel-pruned checkpoint adds to the usual ones (plain types and tensors only)."""
-        return {"architecture": self.architecture, "macs_removed": float(self.macs_removed),
-                "params_removed": float(self.params_removed), "channels": self.report}
+        """The keys a channel-pruned checkpoint adds to the usual ones (`CHECKPOINT_KEYS`; plain types and
+        tensors only)."""
+        return dict(zip(CHECKPOINT_KEYS, (self.architecture, float(self.macs_removed), float(self.params_removed),
+                                          self.report)))
 
 
 def _dropout_of(model: MultiTaskNet) -> float:
@@ -183,17 +185,47 @@ def prune_channels(model: nn.Module, scores: GroupScores | Scorer | None = None,
                               report)
 
 
-def channel_task_masks(report: Mapping[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
-    """Each task's own channel choice on the shared groups, `{task: {group: BoolTensor}}` (original indices):
-    the input `prune_utils.iou.analyse` takes for per-layer channel IoU across tasks. Empty for methods
-    without per-task choices."""
+def channel_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The report without tensors, for people and JSON: per group its owner and dense / kept widths, the MACs
+    and parameters dense / kept / fraction removed, and how they were chosen."""
+    groups = [{"name": e["name"], "owner": e["owner"], "dense": int(e["size"]), "kept": int(e["kept"].sum())}
+              for e in report["groups"]]
+    totals = {kind: {**report[kind], "removed": 1.0 - report[kind]["kept"] / report[kind]["dense"]}
+              for kind in ("macs", "params")}
+    return {**{k: report.get(k) for k in ("method", "importance", "arbiter", "target", "input_size")},
+            **totals, "groups": groups}
+
+
+def format_channel_summary(summary: Mapping[str, Any]) -> str:
+    """A printable table: one line per channel group (dense and kept widths), then MACs and parameters."""
+    width = max([len("group")] + [len(g["name"]) for g in summary["groups"]])
+    head = f"{'group':<{width}}  {'owner':<10} {'dense':>7} {'kept':>7} {'kept %':>7}"
+    lines = [head, "-" * len(head)]
+    for g in summary["groups"]:
+        lines.append(f"{g['name']:<{width}}  {g['owner']:<10} {g['dense']:>7} {g['kept']:>7} "
+                     f"{100 * g['kept'] / g['dense']:>6.1f}%")
+    lines.append("-" * len(head))
+    size = "x".join(str(s) for s in summary["input_size"])
+    for kind, label in (("macs", f"MACs at {size}"), ("params", "parameters")):
+        t = summary[kind]
+        lines.append(f"{label}: {t['dense']:,} dense, {t['kept']:,} kept ({100 * t['removed']:.2f}% removed)")
+    return "\n".join(lines)
+
+
+def channel_task_masks(report: Mapping[str, Any]) -> tuple[dict[str, dict[str, torch.Tensor]], TaskStructure | None]:
+    """Each task's own channel choice on the shared groups, `{task: {group: BoolTensor}}` (original indices),
+    and the groups' task structure: the input `prune_utils.iou.analyse` takes for per-layer channel IoU across
+    tasks. ({}, None) for methods without per-task choices."""
     out: dict[str, dict[str, torch.Tensor]] = {}
     for entry in report["groups"]:
         if entry["owner"] != SHARED:
             continue
         for task, mask in entry.get("proposals", {}).items():
             out.setdefault(task, {})[entry["name"]] = mask
-    return out
+    if not out:
+        return {}, None
+    owners = {e["name"]: e["owner"] for e in report["groups"] if e["owner"] == SHARED or e["owner"] in out}
+    return out, group_structure(owners, list(out))
 
 
 def _extracted_keep(entry: Mapping[str, Any], tasks: Sequence[str]) -> torch.Tensor:
@@ -266,6 +298,6 @@ def extract_tasks(model: nn.Module, tasks: Sequence[str], report: Mapping[str, A
                               sub_report)
 
 
-__all__ = ["ALL", "CHANNEL_METHODS", "ChannelMethod", "ChannelPruneResult", "channel_task_masks",
-           "extract_tasks", "get_channel_method", "method_importance", "prune_channels", "rebuild",
-           "score_for_method"]
+__all__ = ["ALL", "CHANNEL_METHODS", "CHECKPOINT_KEYS", "ChannelMethod", "ChannelPruneResult", "channel_summary",
+           "channel_task_masks", "extract_tasks", "format_channel_summary", "get_channel_method", "method_importance",
+           "prune_channels", "rebuild", "score_for_method"]

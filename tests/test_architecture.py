@@ -5,7 +5,7 @@ under `if TYPE_CHECKING` included) is read from the source with `ast`, nothing i
     prune_utils                        fileio, models
     engine                             fileio, models, dataloaders          (not prune_utils: a controller protocol)
     methods                            everything below
-    the five tools (top-level scripts) everything below, no other tool
+    the tools (top-level scripts)      everything below, no other tool
 
 plus: leaf modules import nothing from the project (`prune_utils.topk`), and there is no import cycle
 between modules.
@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fileio", "models", "dataloaders", "prune_utils", "engine", "methods")
-TOOLS = ("launch_training", "create_pruned_net", "eval_pruned_net", "iou_analysis", "static_similarity")
+TOOLS = ("launch_training", "create_pruned_net", "eval_pruned_net", "iou_analysis", "static_similarity", "export_onnx")
 ALLOWED = {
     "fileio": set(),
     "models": set(),

@@ -132,8 +132,9 @@ def test_extracting_from_a_dense_net_drops_only_the_other_heads(net):
 
 
 def test_channel_iou_from_the_report(pruned):
-    masks = channel_task_masks(pruned.report)
-    report = analyse(masks)
+    masks, structure = channel_task_masks(pruned.report)
+    assert structure.shared == tuple(e["name"] for e in pruned.report["groups"] if e["owner"] == "backbone")
+    report = analyse(masks, structure)
     name = "backbone.blocks.3.1.conv1"
     a, b = masks["seg"][name], masks["sn"][name]
     expected = int((a & b).sum()) / int((a | b).sum())

@@ -126,7 +126,9 @@ def test_eval_names_sparsity_and_delta_m(synthetic_root, tmp_path):
     atomic_save(make_checkpoint(dense.state_dict(), config, "baseline"), tmp_path / "best_synthetic_baseline.pth")
     eval_pruned_net.main(args + ["--method", "baseline", "--dest", str(tmp_path)])
     base = json.loads((tmp_path / "metrics_synthetic_baseline.json").read_text())
-    assert set(base) == {"seg", "sn", "depth", "sparsity"} and base["sparsity"] == 0.0
+    assert set(base) == {"seg", "sn", "depth", "sparsity", "cost"} and base["sparsity"] == 0.0
+    assert base["cost"]["params"] == sum(p.numel() for p in dense.parameters())
+    assert base["cost"]["latency_ms"] > 0 and "macs_removed" not in base["cost"]
 
     # a baseline file without zeros (delta_m divides by baseline values)
     from engine.delta_m import delta_m

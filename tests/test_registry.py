@@ -50,9 +50,12 @@ def test_structure_core_constructor_and_errors():
 
 
 def test_registry_lists_every_method_once_with_its_file_names(tmp_path):
+    channel = ("disparse_channel", "channel_snip", "channel_taylor", "channel_magnitude", "uniform")
     assert method_names() == ("baseline", "disparse_static", "disparse_pt", "disparse_dynamic", "snip", "random",
-                              "magnitude", "rigl", "lth")
-    assert pruning_methods() == ("disparse_static", "disparse_pt", "snip", "random", "magnitude")
+                              "magnitude", "rigl", "lth", *channel)
+    assert pruning_methods() == ("disparse_static", "disparse_pt", "snip", "random", "magnitude", *channel)
+    assert method_names(lambda m: m.structured) == channel
+    assert get_method("disparse_channel").files(tmp_path, "nyuv2", 50).pruned == tmp_path / "nyuv2_disparse_channel_50.pth"
     files = get_method("disparse_static").files(tmp_path, "nyuv2", 92.5)
     assert files.pruned == tmp_path / "nyuv2_disparse_static_92.5.pth"
     assert files.checkpoint("best") == tmp_path / "best_nyuv2_disparse_static_92.5.pth"

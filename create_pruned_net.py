@@ -72,23 +72,14 @@ def build_parser():
     return parser
 
 
-def selected_tasks(text: str | None, config: dict) -> list[str] | None:
-    """--tasks as a list of the config's tasks (in the config's order), or None."""
-    if text is None:
-        return None
-    tasks = [t for t in text.split(",") if t]
-    unknown = [t for t in tasks if t not in config["tasks"]]
-    if not tasks or unknown or len(set(tasks)) != len(tasks):
-        raise ValueError(f"--tasks must name distinct tasks of the config ({','.join(config['tasks'])}), got {text!r}")
-    return [t for t in config["tasks"] if t in tasks]
-
-
 def run(args) -> None:
     import torch
 
     from engine import losses
-    from engine.runtime import seed_everything
+    from engine.config import task_list
+    from engine.runtime import seed_everything, select_device
     from methods.base import PruneRequest
+    from methods.channel import extract_file, write_extracted
     from methods.pipeline import distributed_session, open_net, train_loader_rank0_first, write_pruned_net
     from methods.registry import get_method, paper_keep_ratio
     from models import build_model
@@ -98,14 +89,15 @@ def run(args) -> None:
     method = get_method(args.method)
     if args.num_batches is not None and args.num_batches <= 0:
         raise ValueError(f"--num_batches must be positive, got {args.num_batches}")
-    tasks = selected_tasks(args.tasks, config)
+    tasks = task_list(args.tasks, config, "--tasks")
     if tasks and not method.structured:
         raise ValueError(f"--tasks (extraction) applies to the channel-pruning methods, not {method.name}")
     if args.export_compact and method.structured:
         raise ValueError(f"--export-compact applies to masked nets; {method.name} writes a smaller dense net")
     structured_ratio = args.macs_ratio if args.macs_ratio is not None else args.params_ratio
     if tasks and structured_ratio is None and args.from_path:
-        extract_only(args, config, method, tasks)
+        extract_file(method, args.from_path, tasks, config, args.dest, select_device(args.device),
+                     {"seed": args.seed})
         return
     keep_ratio = paper_keep_ratio(config, method.name, args.ratio) if args.paper_keep_ratios else args.keep_ratio
     fraction = None if structured_ratio is None else structured_ratio / 100.0
@@ -152,38 +144,7 @@ def run(args) -> None:
             print(f"note: the file is named for --ratio {args.ratio:g} but the keep ratio gives "
                   f"{100 * result.sparsity:.2f}%")
         if tasks:
-            write_extracted(files, model=result.model, entries=result.entries, tasks=tasks, config=config,
-                            method=method, method_name=method.name, extra=extra)
-
-
-def extract_only(args, config: dict, method, tasks: list[str]) -> None:
-    """--tasks with --from a net and no target: the net extracted for `tasks`, named after the source."""
-    from pathlib import Path
-
-    from engine.runtime import select_device
-    from methods.base import RunFiles
-    from methods.pipeline import open_net
-
-    opened = open_net(args.from_path, config, select_device(args.device))
-    source = Path(args.from_path)
-    stem = source.name[:-4] if source.name.endswith(".pth") else source.stem
-    write_extracted(RunFiles(Path(args.dest), stem), model=opened.model, entries=opened.weights.meta,
-                    tasks=tasks, config=opened.config, method=method,
-                    method_name=opened.weights.meta.get("method") or method.name,
-                    extra={"source": str(source), "seed": args.seed})
-
-
-def write_extracted(files, *, model, entries, tasks: list[str], config: dict, method, method_name: str,
-                    extra: dict) -> None:
-    """Write `{files.name}_{tasks}.pth`: `model` (with its checkpoint `entries`) extracted for `tasks`."""
-    from methods.pipeline import write_pruned_net
-
-    sub, sub_config = method.extract(model, entries, tasks, config)
-    path = write_pruned_net(files.derived(f"_{'-'.join(tasks)}"), model, sub_config, method_name, sub,
-                            {**extra, "extracted_tasks": tasks})
-    print(f"extracted for {', '.join(tasks)}: {100 * sub.entries['macs_removed']:.2f}% of the MACs and "
-          f"{100 * sub.entries['params_removed']:.2f}% of the parameters of the dense {'+'.join(tasks)} net removed "
-          f"-> {path}")
+            write_extracted(method, files, result.model, result.entries, tasks, config, method.name, extra)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

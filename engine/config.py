@@ -210,6 +210,16 @@ def loss_weights(config: Mapping) -> dict[str, float]:
     return {t: float(w) for t, w in zip(config["tasks"], config["loss_weights"])}
 
 
+def task_list(text: str | None, config: Mapping, flag: str = "tasks") -> list[str] | None:
+    """A comma-separated list of the config's tasks (e.g. `--tasks seg,depth`) in the config's order, or None."""
+    if text is None:
+        return None
+    tasks = [t for t in text.split(",") if t]
+    if not tasks or any(t not in config["tasks"] for t in tasks) or len(set(tasks)) != len(tasks):
+        raise ConfigError(f"{flag} must name distinct tasks of the config ({','.join(config['tasks'])}), got {text!r}")
+    return [t for t in config["tasks"] if t in tasks]
+
+
 def restrict_tasks(config: Mapping, tasks: Sequence[str]) -> dict:
     """A copy of `config` for a subset of its tasks (in the config's order): `tasks`, `num_classes` and
     `loss_weights` keep those tasks' entries. For a net extracted for some tasks (docs/CHANNELS.md)."""

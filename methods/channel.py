@@ -16,6 +16,7 @@ net from the spec and trains it densely (no sparsity controller); every other to
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -28,9 +29,9 @@ from prune_utils.channel_pruning import (CHECKPOINT_KEYS, ChannelPruneResult, ex
                                          method_importance, prune_channels, score_for_method)
 from prune_utils.structure import TaskStructure
 
-from .base import PruneRequest, PruneResult, TrainingRun
+from .base import PruneRequest, PruneResult, RunFiles, TrainingRun
 from .oneshot import OneShotPruning
-from .pipeline import open_net
+from .pipeline import open_net, write_pruned_net
 
 
 def mac_input_size(config: Mapping) -> tuple[int, int]:
@@ -109,3 +110,28 @@ class ChannelPruning(OneShotPruning):
         run.model = opened.model
         run.extra_state.update({k: opened.weights.meta[k] for k in CHECKPOINT_KEYS if k in opened.weights.meta})
         return None
+
+
+def write_extracted(method: ChannelPruning, files: RunFiles, net: nn.Module, entries: Mapping[str, Any],
+                    tasks: Sequence[str], config: Mapping, method_name: str, extra: Mapping[str, Any]) -> Path:
+    """Write `{files.name}_{T1-T2}.pth`: `net` (a channel-pruned net with its checkpoint `entries`, or a dense
+    one) extracted for `tasks`, with its per-group report; returns the path."""
+    sub, sub_config = method.extract(net, entries, tasks, config)
+    path = write_pruned_net(files.derived(f"_{'-'.join(tasks)}"), sub.model, sub_config, method_name, sub,
+                            {**extra, "extracted_tasks": list(tasks)})
+    print(f"extracted for {', '.join(tasks)}: {100 * sub.entries['macs_removed']:.2f}% of the MACs and "
+          f"{100 * sub.entries['params_removed']:.2f}% of the parameters of the dense {'+'.join(tasks)} net removed "
+          f"-> {path}")
+    return path
+
+
+def extract_file(method: ChannelPruning, path: str | Path, tasks: Sequence[str], config: Mapping, dest: str | Path,
+                 device: Any = "cpu", extra: Optional[Mapping[str, Any]] = None) -> Path:
+    """The net in `path` (channel-pruned, trained or not, or dense) extracted for `tasks`, written as
+    `{dest}/{file stem}_{T1-T2}.pth` and recorded under the file's own method."""
+    opened = open_net(path, config, device)
+    source = Path(path)
+    stem = source.name[:-4] if source.name.endswith(".pth") else source.stem
+    return write_extracted(method, RunFiles(Path(dest), stem), opened.model, opened.weights.meta, tasks,
+                           opened.config, opened.weights.meta.get("method") or method.name,
+                           {**(extra or {}), "source": str(source)})

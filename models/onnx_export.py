@@ -86,9 +86,10 @@ def onnx_session(onnx_model: bytes | str | os.PathLike, threads: int | None = No
 
 
 def check_onnx(model: nn.Module, onnx_model: bytes | str | os.PathLike, inputs: Sequence[torch.Tensor],
-               atol: float = 1e-4) -> dict[str, float]:
+               atol: float = 1e-4, scales: dict[str, float] | None = None) -> dict[str, float]:
     """Largest |onnxruntime - PyTorch| per task over `inputs` (the model in eval mode); raises ValueError
-    when the graph's names differ from the model's tasks or a difference exceeds `atol`."""
+    when the graph's names differ from the model's tasks or a difference exceeds `atol`. `scales`, when
+    given, receives the largest |PyTorch output| per task (what the differences are small against)."""
     model = getattr(model, "module", model)
     tasks = _tasks_of(model)
     session = onnx_session(onnx_model)
@@ -98,6 +99,7 @@ def check_onnx(model: nn.Module, onnx_model: bytes | str | os.PathLike, inputs: 
         raise ValueError(f"ONNX graph has inputs {names_in} and outputs {names_out}, expected [{INPUT_NAME!r}] and "
                          f"{tasks}")
     worst: dict[str, float] = {t: 0.0 for t in tasks}
+    largest: dict[str, float] = {t: 0.0 for t in tasks}
     for img in inputs:
         with eval_mode(model), torch.no_grad():
             expected: Mapping[str, torch.Tensor] = model(img)
@@ -107,6 +109,9 @@ def check_onnx(model: nn.Module, onnx_model: bytes | str | os.PathLike, inputs: 
             if value.shape != reference.shape:
                 raise ValueError(f"ONNX output {task!r} has shape {value.shape}, PyTorch gives {reference.shape}")
             worst[task] = max(worst[task], float(np.abs(value - reference).max()))
+            largest[task] = max(largest[task], float(np.abs(reference).max()))
+    if scales is not None:
+        scales.update(largest)
     bad = {t: d for t, d in worst.items() if d > atol}
     if bad:
         raise ValueError(f"ONNX outputs differ from PyTorch by more than {atol}: {bad}")

@@ -3,9 +3,10 @@
 
 1. generate the synthetic scenes (first use only) and train a small dense baseline;
 2. prune at 90 % sparsity with DiSparse (per-task SNIP + unanimous arbiter) and the SNIP and random
-   baselines, then train each pruned net with its masks fixed;
+   baselines, then train each pruned net with its masks fixed; remove 50 % of the MACs by structured
+   DiSparse channel pruning (`disparse_channel`: a smaller dense net) and train that too;
 3. train DiSparse dynamic sparse training at 90 % from scratch;
-4. evaluate every net (Δm against the baseline);
+4. evaluate every net (Δm against the baseline, MACs removed, measured latency);
 5. per-layer mask IoU across tasks and Meta-Sparse task similarity;
 6. print one comparison table.
 
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -34,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 PRUNED_METHODS = ("disparse_static", "snip", "random")
 DYNAMIC_METHODS = ("disparse_dynamic",)
+CHANNEL_METHODS = ("disparse_channel",)
 MAIN_METRICS = (("seg", "mIoU", 100, "mIoU%"), ("seg", "Pixel Acc", 100, "PixAcc%"),
                 ("sn", "Angle Mean", 1, "SN mean°"), ("sn", "Angle 22.5", 1, "SN ≤22.5°%"),
                 ("depth", "abs_err", 1, "Depth abs"), ("depth", "sigma_1.25", 1, "δ<1.25%"))
@@ -43,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dest", default="runs/demo", help="run folder for every output")
     parser.add_argument("--ratio", default="90", help="target sparsity in percent")
+    parser.add_argument("--macs-ratio", default="50", help="percent of the MACs the channel-pruned net removes")
     parser.add_argument("--iters", type=int, default=None, help="training iterations per net (default: config)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every step")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -105,8 +109,11 @@ def load_metrics(dest: Path, name: str) -> dict:
 
 
 def comparison_table(dest: Path, rows: list[tuple[str, str]]) -> str:
-    """Method × main metrics × sparsity × Δm, from the metrics JSON files the evaluations wrote."""
-    header = ["method"] + [label for *_, label in MAIN_METRICS] + ["sparsity%", "Δm%"]
+    """Method × main metrics × sparsity × MACs removed × latency × Δm, from the evaluations' metrics JSON files.
+
+    Latencies are single-process medians of a few batch-1 passes, measured while other steps ran: a rough
+    guide only (bench/bench_latency.py measures speed properly)."""
+    header = ["method"] + [label for *_, label in MAIN_METRICS] + ["sparsity%", "MACs↓%", "ms", "Δm%"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, name in rows:
         metrics = load_metrics(dest, name)
@@ -114,10 +121,31 @@ def comparison_table(dest: Path, rows: list[tuple[str, str]]) -> str:
         for task, key, scale, _ in MAIN_METRICS:
             value = metrics.get(task, {}).get(key)
             cells.append("-" if value is None else f"{scale * value:.2f}")
+        cost = metrics.get("cost", {})
         cells.append(f"{100 * metrics.get('sparsity', 0.0):.2f}")
+        cells.append(f"{100 * cost.get('macs_removed', 0.0):.1f}")
+        cells.append(f"{cost['latency_ms']:.1f}" if "latency_ms" in cost else "-")
         cells.append(f"{metrics['delta_m']:+.2f}" if "delta_m" in metrics else "0 (ref)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def mean_std_table(header: list[str], rows: list[tuple[list[str], str, list[tuple[str, list[float]]]]]
+                   ) -> tuple[str, dict]:
+    """A Markdown table of mean ± std over seeds and the same numbers as a dict. `rows`: (leading cells, key
+    of the row in the dict, [(column label, one value per seed)])."""
+    lines, data = [], {}
+    for cells, key, columns in rows:
+        entry = {}
+        cells = list(cells)
+        for label, values in columns:
+            mean = statistics.fmean(values)
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            entry[label] = {"mean": mean, "std": std, "values": values}
+            cells.append(f"{mean:.2f} ± {std:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+        data[key] = entry
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines]), data
 
 
 def main() -> None:
@@ -136,6 +164,12 @@ def main() -> None:
         pipe.train(method, *ratio)
         pipe.evaluate(method, *ratio, "--baseline-metrics", baseline_metrics)
 
+    def channel_chain(method: str) -> None:
+        pipe.run(f"prune {method}", "create_pruned_net.py", "--method", method, "--macs-ratio", args.macs_ratio,
+                 "--dest", str(pipe.dest))
+        pipe.train(method, "--ratio", args.macs_ratio)
+        pipe.evaluate(method, "--ratio", args.macs_ratio, "--baseline-metrics", baseline_metrics)
+
     def analysis_chain() -> None:
         pipe.run("mask IoU across tasks", "iou_analysis.py", "--dest", str(pipe.dest))
         pipe.run("Meta-Sparse task similarity", "static_similarity.py", "--sparsities", "50,90", "--num_seeds",
@@ -144,11 +178,13 @@ def main() -> None:
 
     pipe.train("baseline")   # also generates the synthetic set on first use
     pipe.parallel([lambda: pipe.evaluate("baseline"), analysis_chain])
-    pipe.parallel([lambda m=m: dynamic_chain(m) for m in DYNAMIC_METHODS]
+    pipe.parallel([lambda m=m: dynamic_chain(m) for m in DYNAMIC_METHODS]      # the longest chains first
+                  + [lambda m=m: channel_chain(m) for m in CHANNEL_METHODS]
                   + [lambda m=m: pruned_chain(m) for m in PRUNED_METHODS])
 
     rows = [("baseline", "synthetic_baseline")]
     rows += [(m, f"synthetic_{m}_{pipe.ratio}") for m in PRUNED_METHODS + DYNAMIC_METHODS]
+    rows += [(f"{m} (-{args.macs_ratio}% MACs)", f"synthetic_{m}_{args.macs_ratio}") for m in CHANNEL_METHODS]
     table = comparison_table(pipe.dest, rows)
     (pipe.dest / "comparison.md").write_text(table + "\n")
     print("\n=== step times")
@@ -158,8 +194,11 @@ def main() -> None:
         log = pipe.dest / "logs" / f"demo_{label.replace(' ', '_')}.log"
         print(f"\n=== {label} (end of {log})")
         print("".join(log.read_text(encoding="utf-8").splitlines(keepends=True)[-8:]), end="")
-    print(f"\n=== comparison at {pipe.ratio}% sparsity (synthetic test split; written to {pipe.dest / 'comparison.md'})")
+    print(f"\n=== comparison at {pipe.ratio}% sparsity and {args.macs_ratio}% of the MACs removed (synthetic test split; "
+          f"written to {pipe.dest / 'comparison.md'})")
     print(table)
+    print("(ms: batch-1 latency each evaluation measured while other steps ran: rough, nets of the same architecture "
+          "differ by the noise; bench/bench_latency.py measures speed properly)")
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; outputs under {pipe.dest}/")
 
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo import DYNAMIC_METHODS, MAIN_METRICS, PRUNED_METHODS, Pipeline, load_metrics  # noqa: E402
+from demo import DYNAMIC_METHODS, MAIN_METRICS, PRUNED_METHODS, Pipeline, load_metrics, mean_std_table  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,25 +52,18 @@ def run_seed(args: argparse.Namespace, seed: int) -> None:
 
 def aggregate(dest: Path, seeds: list[int], ratios: list[str]) -> tuple[str, dict]:
     """Mean ± std over seeds of each main metric, sparsity and Δm, per (ratio, method)."""
-    rows, data = [], {}
     header = ["ratio", "method"] + [label for *_, label in MAIN_METRICS] + ["sparsity%", "Δm%"]
     groups = [("0", "baseline", "synthetic_baseline")]
     groups += [(r, m, f"synthetic_{m}_{r}") for r in ratios for m in PRUNED_METHODS + DYNAMIC_METHODS]
+    rows = []
     for ratio, method, name in groups:
         runs = [load_metrics(dest / f"seed{s}", name) for s in seeds]
-        cells, entry = [ratio, method], {}
         columns = [(t, k, scale, label) for t, k, scale, label in MAIN_METRICS]
         columns += [(None, "sparsity", 100, "sparsity%"), (None, "delta_m", 1, "Δm%")]
-        for task, key, scale, label in columns:
-            values = [scale * (run[task][key] if task else run.get(key, 0.0)) for run in runs]
-            mean = statistics.fmean(values)
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            entry[label] = {"mean": mean, "std": std, "values": values}
-            cells.append(f"{mean:.2f} ± {std:.2f}")
-        rows.append("| " + " | ".join(cells) + " |")
-        data[f"{method}@{ratio}"] = entry
-    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows])
-    return table, data
+        rows.append(([ratio, method], f"{method}@{ratio}",
+                     [(label, [scale * (run[task][key] if task else run.get(key, 0.0)) for run in runs])
+                      for task, key, scale, label in columns]))
+    return mean_std_table(header, rows)
 
 
 def main() -> None:

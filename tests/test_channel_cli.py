@@ -167,3 +167,21 @@ def test_bad_requests_are_one_line_errors(synthetic_root, tmp_path, capsys, flag
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not list(tmp_path.glob("*.pth"))
+
+
+def test_training_needs_a_channel_pruned_net_for_all_tasks(pruned, synthetic_root, tmp_path, capsys):
+    from engine.config import config_from_args
+    from fileio import atomic_save, make_checkpoint
+    from models import build_model
+
+    config = config_from_args(launch_training.build_parser().parse_args(tool_args(synthetic_root, tmp_path)))
+    atomic_save(make_checkpoint(build_model(config).state_dict(), config, "baseline"), tmp_path / "dense.pth")
+    for source, message in ((pruned / "synthetic_disparse_channel_50_seg.pth", "holds a net extracted for ['seg']"),
+                            (tmp_path / "dense.pth", "holds no architecture spec")):
+        with pytest.raises(SystemExit) as exit_info:
+            launch_training.main(tool_args(synthetic_root, tmp_path, "--method", "disparse_channel", "--ratio", "50",
+                                           "--from", str(source), "--max-iters", "1"))
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+    assert [p.name for p in tmp_path.glob("*.pth")] == ["dense.pth"]

@@ -73,40 +73,15 @@ import torch.distributed as dist
 from torch import nn
 
 from .arbiters import get_arbiter, select_growth
+from .batches import restored_buffers, split_batch, to_device
 from .erk import erk_random_masks
 from .masks import MaskSet, check_masks, prunable_parameters, sparsity as mask_sparsity, unwrap
-from .structure import SHARED, TaskStructure
+from .structure import SHARED, UNOWNED, TaskStructure
 from .topk import keep_count_round
 
 STATE_VERSION = 1
 MODES = ("disparse", "rigl")
-
-
-def split_batch(batch: Mapping[str, Any], parts: int) -> list[dict[str, Any]]:
-    """Split a batch dict along dim 0 into `parts` slices (fewer when the batch is smaller)."""
-    size = next((v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0), None)
-    if size is None:
-        raise ValueError("the batch holds no tensor to split")
-    parts = max(1, min(parts, size))
-    bounds = [round(k * size / parts) for k in range(parts + 1)]
-    slices = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        piece = {}
-        for key, value in batch.items():
-            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == size:
-                piece[key] = value[a:b]
-            elif isinstance(value, (list, tuple)) and len(value) == size:
-                piece[key] = value[a:b]
-            else:
-                piece[key] = value
-        slices.append(piece)
-    return slices
-
-
-def batch_to(batch: Mapping[str, Any], device: torch.device | str | None) -> dict[str, Any]:
-    if device is None:
-        return dict(batch)
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+__all__ = ["MODES", "STATE_VERSION", "DynamicSparsity", "StaticSparsity", "split_batch"]
 
 
 def _distributed() -> bool:
@@ -159,7 +134,7 @@ class StaticSparsity:
         self._hooks = []
 
     def before_step(self, iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict | None:
+                    batch: Any, device: torch.device | str | None = None) -> dict | None:
         return None
 
     @torch.no_grad()
@@ -247,6 +222,9 @@ class DynamicSparsity(StaticSparsity):
     model given to `attach`); `tasks` defaults to its tasks.
     `task_loss(task, pred, batch)` is the unweighted single-task loss (`disparse`);
     `total_loss(preds, batch)` the weighted multitask loss, a tensor or `(total, parts)` (`rigl`).
+    `forward(model, batch) -> {task: prediction}` runs the model on a batch of any structure (default:
+    `model(batch["img"])`). Partially shared layers grow by the arbiter over the tasks that own them;
+    layers no task owns (`structure.unowned`) must be dense and are never touched.
     """
 
     kind = "dynamic"
@@ -255,10 +233,11 @@ class DynamicSparsity(StaticSparsity):
                  density: float | None = None, target_densities: Mapping[str, float] | None = None,
                  interval: int = 50, end: int = 15000, drop_fraction: float = 0.5, mode: str = "disparse",
                  tasks: Sequence[str] | None = None,
-                 task_loss: Callable[[str, torch.Tensor, Mapping[str, Any]], torch.Tensor] | None = None,
-                 total_loss: Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], Any] | None = None,
+                 task_loss: Callable[[str, torch.Tensor, Any], torch.Tensor] | None = None,
+                 total_loss: Callable[[Mapping[str, torch.Tensor], Any], Any] | None = None,
                  arbiter: Any = "unanimous", growth_splits: int = 1,
-                 generator: torch.Generator | None = None, structure: TaskStructure | None = None) -> None:
+                 generator: torch.Generator | None = None, structure: TaskStructure | None = None,
+                 forward: Callable[[nn.Module, Any], Mapping[str, torch.Tensor]] | None = None) -> None:
         if (masks is None) == (model is None or density is None):
             raise ValueError("DynamicSparsity needs either `masks` or both `model` and `density`")
         if masks is None:
@@ -291,6 +270,7 @@ class DynamicSparsity(StaticSparsity):
         self.structure = structure
         self.tasks = list(tasks) if tasks is not None else (list(structure.tasks) if structure is not None else None)
         self.task_loss, self.total_loss = task_loss, total_loss
+        self.forward = forward or (lambda net, batch: net(batch["img"]))
         self.arbiter = arbiter
         self.growth_splits = int(growth_splits)
         self.frozen = False
@@ -316,7 +296,7 @@ class DynamicSparsity(StaticSparsity):
         super().attach(model, optimizer)
 
     def before_step(self, iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict | None:
+                    batch: Any, device: torch.device | str | None = None) -> dict | None:
         if self.frozen:
             return None
         if not self._params:
@@ -373,12 +353,17 @@ class DynamicSparsity(StaticSparsity):
         """The growth arbiter can arbitrate these tasks; every head in the masks belongs to one of them."""
         get_arbiter(self.arbiter).quorum(len(self.tasks))
         if self.structure is not None:
-            owners = {self.structure.part(n) for n in self.masks} - {SHARED}
+            owners = {self.structure.part(n) for n in self.masks} - {SHARED, UNOWNED}
             unknown = sorted(owners - set(self.tasks))
             if unknown:
                 raise ValueError(f"heads {unknown} belong to no task in {self.tasks}")
+            sparse = [n for n in self.structure.unowned
+                      if n in self.masks and self.target_counts[n] < self.masks[n].numel()]
+            if sparse:
+                raise ValueError(f"{sparse[:3]} are used by no task, so nothing can regrow them: give them a "
+                                 f"fully dense mask and target")
 
-    def _update(self, iteration: int, model: nn.Module, batch: Mapping[str, Any],
+    def _update(self, iteration: int, model: nn.Module, batch: Any,
                 device: torch.device | str | None, alpha: float, final: bool) -> dict:
         net = unwrap(model)
         parts = [SHARED] + list(self.tasks)
@@ -416,8 +401,9 @@ class DynamicSparsity(StaticSparsity):
                     flat = self.masks[name].view(-1)
                     if self.mode == "rigl":
                         chosen = select_growth(~flat, [scores[name]], n_grow)
-                    elif owner == SHARED:
-                        chosen = arbiter.select_growth(~flat, [scores[t][name] for t in self.tasks], n_grow)
+                    elif owner == SHARED:       # arbitrated among the tasks that use the layer
+                        voters = [t for t in self.tasks if t in self.structure.owners[name]]
+                        chosen = arbiter.select_growth(~flat, [scores[t][name] for t in voters], n_grow)
                     else:
                         chosen = select_growth(~flat, [scores[owner][name]], n_grow)
                     flat[chosen] = True
@@ -439,7 +425,7 @@ class DynamicSparsity(StaticSparsity):
                 "dropped_total": sum(dropped_n.values()), "grown_total": sum(grown_n.values()),
                 "sparsity": self.sparsity()}
 
-    def _growth_scores(self, net: nn.Module, batch: Mapping[str, Any], device: torch.device | str | None,
+    def _growth_scores(self, net: nn.Module, batch: Any, device: torch.device | str | None,
                        names: list[str]) -> dict:
         """Sum over slices (and ranks) of |dL/dW| on the current sparse net, flattened per layer.
 
@@ -456,12 +442,11 @@ class DynamicSparsity(StaticSparsity):
             pools = {t: pool for t, pool in pools.items() if pool}
         scores = {t: {n: torch.zeros(params[n].numel(), dtype=torch.float32, device=params[n].device)
                       for n in pool} for t, pool in pools.items()}
-        buffers = [b.detach().clone() for b in net.buffers()]
         self._mask_grads = False
         try:
-            with torch.enable_grad():
-                for piece in split_batch(batch_to(batch, device), self.growth_splits):
-                    preds = net(piece["img"])
+            with restored_buffers(net), torch.enable_grad():
+                for piece in split_batch(to_device(batch, device), self.growth_splits):
+                    preds = self.forward(net, piece)
                     last = len(pools) - 1
                     for k, (task, pool) in enumerate(pools.items()):
                         if task is None:
@@ -479,9 +464,6 @@ class DynamicSparsity(StaticSparsity):
                     del preds
         finally:
             self._mask_grads = True
-            with torch.no_grad():
-                for buffer, saved in zip(net.buffers(), buffers):
-                    buffer.copy_(saved)
         if _distributed():
             for per_task in scores.values():
                 for tensor in per_task.values():

@@ -62,7 +62,7 @@ class Ballot(Protocol):
     tasks: Sequence[str]
     backbone_size: int
     scores: Scores
-    memo: dict                                   # per score set: an arbiter's caches across keep ratios
+    memo: dict                                   # per score set and sharing group: caches across keep ratios
 
     def task_backbone_into(self, task: str, out: torch.Tensor) -> None: ...   # task's keep flags, flat bool
     def task_backbone_kept(self, task: str) -> int: ...                       # how many it keeps there

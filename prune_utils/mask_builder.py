@@ -44,7 +44,7 @@ weight, same shape); `.clone()` an entry if it must own its memory.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping, overload
 
 import numpy as np
 import torch
@@ -232,6 +232,7 @@ class TaskPools:
         kept = kept_backbone + head_kept
         if not build:
             return kept, None
+        assert buffer is not None
         self._write_heads(sels, buffer)
         return kept, self.model_masks(buffer)
 
@@ -348,6 +349,7 @@ def masks_for_keep_ratio(scores: Scores, keep_ratio: float, arbiter: ArbiterLike
                          structure: TaskStructure | None = None) -> MaskSet:
     """The model mask set at a given per-task keep ratio (`--keep-ratio`, the paper's table)."""
     _, masks = TaskPools(scores, structure).evaluate(keep_ratio, get_arbiter(arbiter), build=True)
+    assert masks is not None
     return masks
 
 
@@ -356,9 +358,22 @@ class SearchInfo(dict):
     target_sparsity, within_tol, exact_evaluations, per-task k."""
 
 
+@overload
+def masks_for_sparsity(scores: Scores, target_sparsity: float, arbiter: ArbiterLike = ..., tol: float = ...,
+                       sample_size: int = ..., max_evaluations: int = ..., return_info: Literal[False] = ...,
+                       structure: TaskStructure | None = ...) -> tuple[MaskSet, float]: ...
+
+
+@overload
+def masks_for_sparsity(scores: Scores, target_sparsity: float, arbiter: ArbiterLike = ..., tol: float = ...,
+                       sample_size: int = ..., max_evaluations: int = ..., *, return_info: Literal[True],
+                       structure: TaskStructure | None = ...) -> tuple[MaskSet, float, SearchInfo]: ...
+
+
 def masks_for_sparsity(scores: Scores, target_sparsity: float, arbiter: ArbiterLike = "unanimous",
                        tol: float = 5e-4, sample_size: int = DEFAULT_SAMPLE, max_evaluations: int = 60,
-                       return_info: bool = False, structure: TaskStructure | None = None):
+                       return_info: bool = False, structure: TaskStructure | None = None
+                       ) -> tuple[MaskSet, float] | tuple[MaskSet, float, SearchInfo]:
     """(mask set, per-task keep ratio) whose model sparsity is `target_sparsity` within `tol`.
 
     `target_sparsity` is a fraction in [0, 1) (0.9 for `--ratio 90`); `tol` is a fraction of all
@@ -383,7 +398,7 @@ def masks_for_sparsity(scores: Scores, target_sparsity: float, arbiter: ArbiterL
                       f"{target_sparsity} ± {tol} (no per-task keep ratio lands closer)", RuntimeWarning,
                       stacklevel=2)
     kept_final, masks = pools.evaluate(rho, arb, build=True)
-    assert kept_final == kept
+    assert kept_final == kept and masks is not None
     if not return_info:
         return masks, rho
     info = SearchInfo(keep_ratio=rho, kept=kept, total=total, sparsity=1 - kept / total,
@@ -408,5 +423,6 @@ def global_topk(scores: Mapping, target_sparsity: float | None = None, keep_rati
             raise ValueError(f"target sparsity must be a fraction in [0, 1), got {target_sparsity}")
         k = max(1, total - int(round(float(target_sparsity) * total)))
     else:
+        assert keep_ratio is not None
         k = keep_count_floor(keep_ratio, total)
     return topk_masks(scores, k)

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, Protocol
 import torch
 from torch import nn
 
-from .batches import restored_buffers
+from .batches import restored_buffers, to_device
 from .masks import prunable_parameters, unwrap
 
 
@@ -59,15 +59,18 @@ def reached_by(loss: torch.Tensor, weights: Mapping[str, torch.Tensor], task: st
 
 @contextmanager
 def probe_task_losses(model: nn.Module, spec: LossProbe, batch: Any) -> Iterator[dict[str, torch.Tensor]]:
-    """Each task's loss on `batch`, with the graph kept for `reached_by`.
+    """Each task's loss on `batch` (moved to the model's device), with the graph kept for `reached_by`.
 
     Every prunable weight requires grad during the probe (so frozen weights are seen too); afterwards the
     `requires_grad` flags, the buffers (BatchNorm statistics) and the global RNG (dropout draws) are
     as they were."""
     net = unwrap(model)
     weights = prunable_parameters(net)
+    if not weights:
+        raise ValueError(f"{type(net).__name__} has no prunable weight (nn.Conv2d / nn.Linear)")
     flags = {name: w.requires_grad for name, w in weights.items()}
     devices = sorted({w.device.index or 0 for w in weights.values() if w.device.type == "cuda"})
+    batch = to_device(batch, next(iter(weights.values())).device)
     try:
         for weight in weights.values():
             weight.requires_grad_(True)

@@ -241,6 +241,7 @@ class DynamicSparsity(StaticSparsity):
         if (masks is None) == (model is None or density is None):
             raise ValueError("DynamicSparsity needs either `masks` or both `model` and `density`")
         if masks is None:
+            assert model is not None and density is not None
             masks, erk = erk_random_masks(model, float(density), generator)
             target_densities = erk if target_densities is None else target_densities
         super().__init__(masks)
@@ -349,14 +350,21 @@ class DynamicSparsity(StaticSparsity):
             return self.arbiter
         return str(getattr(self.arbiter, "name", type(self.arbiter).__name__))
 
+    def _layout(self) -> tuple[TaskStructure, list[str]]:
+        """The structure and tasks (known from the constructor or from `attach`)."""
+        if self.structure is None or self.tasks is None:
+            raise RuntimeError("DynamicSparsity has no task structure yet: call attach(model, optimizer) first")
+        return self.structure, self.tasks
+
     def _check_tasks(self) -> None:
         """The growth arbiter can arbitrate these tasks; every head in the masks belongs to one of them."""
-        get_arbiter(self.arbiter).quorum(len(self.tasks))
+        tasks = list(self.tasks or ())
+        get_arbiter(self.arbiter).quorum(len(tasks))
         if self.structure is not None:
             owners = {self.structure.part(n) for n in self.masks} - {SHARED, UNOWNED}
-            unknown = sorted(owners - set(self.tasks))
+            unknown = sorted(owners - set(tasks))
             if unknown:
-                raise ValueError(f"heads {unknown} belong to no task in {self.tasks}")
+                raise ValueError(f"heads {unknown} belong to no task in {tasks}")
             sparse = [n for n in self.structure.unowned
                       if n in self.masks and self.target_counts[n] < self.masks[n].numel()]
             if sparse:
@@ -366,7 +374,8 @@ class DynamicSparsity(StaticSparsity):
     def _update(self, iteration: int, model: nn.Module, batch: Any,
                 device: torch.device | str | None, alpha: float, final: bool) -> dict:
         net = unwrap(model)
-        parts = [SHARED] + list(self.tasks)
+        structure, tasks = self._layout()
+        parts = [SHARED] + tasks
         dropped_n = {p: 0 for p in parts}
         grown_n = {p: 0 for p in parts}
         reset: dict[str, torch.Tensor] = {}
@@ -390,19 +399,19 @@ class DynamicSparsity(StaticSparsity):
                     dropped[order] = True
                     reset[name] = dropped
                     weight.masked_fill_(dropped.view_as(mask), 0)  # the growth gradient sees the sparse net
-                    dropped_n[self.structure.part(name)] += n_drop
+                    dropped_n[structure.part(name)] += n_drop
                 if n_grow:
                     grow[name] = n_grow
             if grow:
                 scores = self._growth_scores(net, batch, device, list(grow))
                 arbiter = get_arbiter(self.arbiter)
                 for name, n_grow in grow.items():
-                    owner = self.structure.part(name)
+                    owner = structure.part(name)
                     flat = self.masks[name].view(-1)
                     if self.mode == "rigl":
                         chosen = select_growth(~flat, [scores[name]], n_grow)
                     elif owner == SHARED:       # arbitrated among the tasks that use the layer
-                        voters = [t for t in self.tasks if t in self.structure.owners[name]]
+                        voters = [t for t in tasks if t in structure.owners[name]]
                         chosen = arbiter.select_growth(~flat, [scores[t][name] for t in voters], n_grow)
                     else:
                         chosen = select_growth(~flat, [scores[owner][name]], n_grow)
@@ -432,14 +441,15 @@ class DynamicSparsity(StaticSparsity):
         `rigl`: {name: score}. `disparse`: {task: {name: score}} over the task's pool among `names`.
         """
         params = self._params
+        structure, tasks = self._layout()
+        pools: dict[str | None, list[str]] = {}
         if self.mode == "rigl":
-            pools = {None: names}
+            pools[None] = names
         else:
-            pools = {}
-            for task in self.tasks:
-                pool = set(self.structure.pool(task))
-                pools[task] = [n for n in names if n in pool]
-            pools = {t: pool for t, pool in pools.items() if pool}
+            for t in tasks:
+                in_pool = set(structure.pool(t))
+                if any(n in in_pool for n in names):
+                    pools[t] = [n for n in names if n in in_pool]
         scores = {t: {n: torch.zeros(params[n].numel(), dtype=torch.float32, device=params[n].device)
                       for n in pool} for t, pool in pools.items()}
         self._mask_grads = False
@@ -450,9 +460,11 @@ class DynamicSparsity(StaticSparsity):
                     last = len(pools) - 1
                     for k, (task, pool) in enumerate(pools.items()):
                         if task is None:
+                            assert self.total_loss is not None
                             out = self.total_loss(preds, piece)
                             loss = out[0] if isinstance(out, (tuple, list)) else out
                         else:
+                            assert self.task_loss is not None
                             loss = self.task_loss(task, preds[task], piece)
                         if not (torch.is_tensor(loss) and loss.requires_grad):
                             continue

@@ -191,6 +191,32 @@ def test_masks_hit_the_sparsity_over_all_weights_and_keep_unowned_ones_dense(arb
     assert all(bool((w[~masks[n]] == 0).all()) for n, w in pruned)
 
 
+def test_registered_saliency_and_custom_arbiter_through_the_api(monkeypatch):
+    """Any registered saliency and any arbiter: a custom data-free score (|w| of the trunk doubled for task a)
+    and a plain-function arbiter (task a alone decides the shared weights) still land on the sparsity."""
+    from prune_utils.arbiters import ARBITERS
+    from prune_utils.saliency import SALIENCY, WeightSaliency
+
+    monkeypatch.setitem(SALIENCY, "abs_plus_one", WeightSaliency("abs_plus_one", lambda w, g: w.abs() + 1.0))
+    calls = []
+
+    def first_task_decides(per_task, scores=None):
+        calls.append(sorted(per_task))
+        return dict(next(iter(per_task.values())))
+
+    monkeypatch.setitem(ARBITERS, "first", ARBITERS["unanimous"])       # restored after the test
+    prune_utils.register_arbiter("first", first_task_decides, overwrite=True)
+    model, data, structure = spare_setup()
+    scores = task_scores(model, mse_spec(), None, "abs_plus_one", structure=structure)
+    torch.testing.assert_close(scores["a"]["trunk.0.weight"], model.trunk[0].weight.detach().abs() + 1.0)
+    masks = build_masks(model, scores, 0.6, arbiter="first", structure=structure)
+    assert abs(sum(int(m.sum()) for m in masks.values()) - 0.4 * 2280) <= 1 and calls[0] == ["a", "b"]
+    per_task = prune_utils.mask_builder.task_masks(
+        {t: scores[t] for t in scores}, 0.5, structure)                  # the rule really is "task a decides"
+    combined = prune_utils.mask_builder.combine(per_task, "first", structure=structure)
+    assert torch.equal(combined["trunk.2.weight"], per_task["a"]["trunk.2.weight"])
+
+
 def test_sparsity_outside_the_open_unit_interval_and_mismatches_are_refused():
     model, data, structure = spare_setup()
     scores = task_scores(model, mse_spec(), data, "magnitude", structure=structure)

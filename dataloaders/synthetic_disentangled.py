@@ -9,11 +9,11 @@ the RGB image is their product:
 
 | task | label layer | cue in the image |
 |---|---|---|
-| seg | Voronoi cells (4-8 per image), each an independent uniform class 0..C-1 | colour: class c has hue c/C (± a fifth of the spacing), saturation 0.55-0.85; brightness is drawn per cell (0.35-0.6) and carries no class |
-| depth | a background plane at 4-6 m and 2-5 fronto-parallel rectangles at 1-5 m, painted far to near | defocus: a fine random binary texture (cells of width/64 px, ±25 % brightness) blurred with sigma = 2.5 px * (z - 1) / 5 per 128 px of width, so near regions are crisp and far ones smooth |
-| sn | a height field of 4-9 Gaussian bumps (70 %) and dents (radius 5-14 % of the width, slope up to ~60°) on a plane facing the camera | shading: Lambertian light from above the camera (no left-right component, so a mirrored image is a correct image of the mirrored scene), 0.2 ambient |
+| seg | Voronoi cells (4-8 per image), each an independent uniform class 0..C-1 | colour: class c has hue c/C (± 0.15 of the spacing), saturation 0.7-0.95; brightness is drawn per cell (0.45-0.65) and carries no class |
+| depth | a background plane at 4-6 m and 2-5 fronto-parallel rectangles at 1-5 m, painted far to near | defocus: a fine random binary texture (cells of width/64 px, ±30 % brightness) blurred with sigma = 3 px * (z - 1) / 5 per 128 px of width, so near regions are crisp and far ones smooth |
+| sn | a height field of 3-6 Gaussian bumps (70 %) and dents (radius 12-28 % of the width, slope up to ~50°) on a plane facing the camera | shading: Lambertian light from above the camera (no left-right component, so a mirrored image is a correct image of the mirrored scene), 0.35 ambient |
 
-pixel = albedo(seg cell) * shading(normal) * (1 + 0.25 * blurred texture(depth)) * exposure (0.9-1.1),
+pixel = albedo(seg cell) * shading(normal) * (1 + 0.3 * blurred texture(depth)) * exposure (0.9-1.1),
 plus Gaussian noise (std 2.5 of 255). The blur cue does not depend on the image scale (rescaling
 stretches the texture and the blur alike), so the loaders' random scaling leaves it intact.
 
@@ -35,17 +35,17 @@ import numpy as np
 from .synthetic import edge_map, keypoint_map
 
 SEG_CELLS = (4, 9)                 # integers(low, high): 4..8 cells
-HUE_JITTER = 0.2                   # in units of the hue spacing 1/C
+HUE_JITTER = 0.15                  # in units of the hue spacing 1/C
 DEPTH_RANGE = (1.0, 5.0)           # rectangles
 BACKGROUND_DEPTH = (4.0, 6.0)
 RECTANGLES = (2, 6)                # 2..5
-BLUR_AT_128 = 2.5                  # texture blur sigma (px, 128 px wide image) at the far end, z = 6 m
+BLUR_AT_128 = 3.0                  # texture blur sigma (px, 128 px wide image) at the far end, z = 6 m
 BLUR_DEPTHS = (1.0, 6.0)           # sigma grows linearly from 0 at 1 m to BLUR_AT_128 at 6 m
 TEXTURE_CELLS = 64                 # texture cells across the width
-TEXTURE_AMPLITUDE = 0.25
-BUMPS = (4, 10)                    # 4..9
+TEXTURE_AMPLITUDE = 0.3
+BUMPS = (3, 7)                     # 3..6
 LIGHT = np.array([0.0, -1.0, 0.8]) / np.linalg.norm([0.0, -1.0, 0.8])   # NYU axes, towards the light
-AMBIENT = 0.2
+AMBIENT = 0.35
 FLAT = np.array([0.0, -1.0, 0.0])
 
 
@@ -62,8 +62,8 @@ def _seg_layer(rng: np.random.Generator, height: int, width: int, num_classes: i
     sites = rng.uniform(0.0, 1.0, size=(n, 2)) * [height, width]
     classes = rng.integers(0, num_classes, size=n)
     hues = (classes + rng.uniform(-HUE_JITTER, HUE_JITTER, size=n)) / num_classes
-    sats = rng.uniform(0.55, 0.85, size=n)
-    values = rng.uniform(0.35, 0.6, size=n)
+    sats = rng.uniform(0.7, 0.95, size=n)
+    values = rng.uniform(0.45, 0.65, size=n)
     colours = np.array([colorsys.hsv_to_rgb(h % 1.0, s, v) for h, s, v in zip(hues, sats, values)])
     v, u = np.mgrid[0:height, 0:width].astype(np.float64)
     cell = ((v[..., None] - sites[:, 0]) ** 2 + (u[..., None] - sites[:, 1]) ** 2).argmin(axis=-1)
@@ -103,8 +103,8 @@ def _normal_layer(rng: np.random.Generator, height: int, width: int) -> tuple[np
     """(normals HxWx3 in NYU camera axes, bump centres N x 2 as (u, v)): Gaussian bumps and dents."""
     n = int(rng.integers(*BUMPS))
     centres = rng.uniform(0.0, 1.0, size=(n, 2)) * [width, height]
-    radii = rng.uniform(0.05, 0.14, size=n) * width
-    heights = rng.uniform(0.8, 2.4, size=n) * radii * np.where(rng.random(n) < 0.7, 1.0, -1.0)
+    radii = rng.uniform(0.12, 0.28, size=n) * width
+    heights = rng.uniform(0.8, 2.0, size=n) * radii * np.where(rng.random(n) < 0.7, 1.0, -1.0)
     v, u = np.mgrid[0:height, 0:width].astype(np.float64)
     grad_u = np.zeros((height, width))
     grad_v = np.zeros((height, width))

@@ -55,12 +55,14 @@ CONFIGS = {"shared": "configs/synthetic.yaml", "disentangled": "configs/syntheti
 DATASET = "synthetic"                      # the configs' dataset name: it names every file
 ARBITERS = ("unanimous", "intersection", "majority", "mean_score")
 VARIANTS = tuple(f"disparse_static[{a}]" for a in ARBITERS) + ("disparse_dynamic", "snip", "random")
-# The full study (the choices are explained in docs/RESULTS.md) and the --quick smoke grid.
+# The full study (the choices are explained in docs/RESULTS.md) and the --quick smoke grid. `steps` is per
+# scene kind: the step count at which that kind's dense baseline has plateaued in the pilot runs.
 FULL = {"kinds": ["shared", "disentangled"], "seeds": [0, 1, 2, 3, 4], "ratios": [90, 95, 98],
-        "steps": 300, "width": 0.0625, "crop": 48, "batch": 8, "lr": 2.0e-3, "decay_every": 200,
-        "decay_rate": 0.2, "n_train": 320, "n_test": 80, "size": [96, 128], "val_points": 12, "num_batches": 4}
-QUICK = {**FULL, "seeds": [0, 1], "ratios": [90], "steps": 12, "crop": 32, "n_train": 24, "n_test": 8,
-         "size": [48, 64], "decay_every": 8, "val_points": 3, "num_batches": 1}
+        "variants": list(VARIANTS), "steps": {"shared": 600, "disentangled": 1200}, "width": 0.0625, "crop": 48,
+        "batch": 8, "lr": 2.0e-3, "decay_at": 2 / 3, "decay_rate": 0.2, "n_train": 320, "n_test": 80,
+        "size": [96, 128], "val_points": 12, "num_batches": 4}
+QUICK = {**FULL, "seeds": [0, 1], "ratios": [90], "steps": {"shared": 12, "disentangled": 12}, "crop": 32,
+         "n_train": 24, "n_test": 8, "size": [48, 64], "val_points": 3, "num_batches": 1}
 
 
 class StudyError(RuntimeError):
@@ -97,13 +99,14 @@ def run_cli(module_name: str, argv: Sequence[str], log: Path) -> None:
 
 def design_flags(design: dict, kind: str, dest: Path) -> list[str]:
     """Flags every CLI of a kind gets: config, data root, and the design's sizes and schedule."""
-    steps = int(design["steps"])
+    steps = int(design["steps"][kind])
     h, w = design["size"]
     sets = {"model.width_mult": design["width"], "data.crop_h": design["crop"], "data.crop_w": design["crop"],
             "data.batch_size": design["batch"], "data.test_batch_size": 8, "data.num_workers": 0,
             "data.image_shape": f"[{h},{w}]", "synthetic.size": f"[{h},{w}]", "synthetic.n_train": design["n_train"],
             "synthetic.n_test": design["n_test"], "synthetic.seed": 0, "train.lr": design["lr"],
-            "train.lr_decay_every": design["decay_every"], "train.lr_decay_rate": design["decay_rate"],
+            "train.lr_decay_every": max(1, round(design["decay_at"] * steps)),
+            "train.lr_decay_rate": design["decay_rate"],
             "train.save_every": max(1, steps // 4), "train.log_every": max(1, steps // 30),
             "dynamic.end": max(1, (3 * steps) // 4), "dynamic.interval": max(1, steps // 25),
             "pruning.num_batches": design["num_batches"]}
@@ -156,7 +159,7 @@ class Chain:
     def run(self) -> None:
         self.train_and_evaluate("baseline", None)
         for ratio in self.design["ratios"]:
-            for variant in VARIANTS:
+            for variant in self.design["variants"]:
                 self.train_and_evaluate(variant, ratio)
             if not self.iou_path(ratio).is_file():
                 seconds = self.cli("iou_analysis", f"iou_{ratio:g}", "--ratio", f"{ratio:g}", "--dest",
@@ -177,7 +180,7 @@ class Chain:
                                         "--progress", "off", *(["--arbiter", arbiter] if arbiter else []))
         final = folder / f"final_{name}.pth"
         if not final.is_file():
-            steps = int(self.design["steps"])
+            steps = int(self.design["steps"][self.kind])
             val_every = max(1, steps // int(self.design["val_points"])) if method == "baseline" else steps
             resume = ["--resume"] if (folder / f"last_{name}.pth").is_file() else []
             seconds["train"] = self.cli("launch_training", f"train_{label}", "--method", method, *where,
@@ -221,12 +224,12 @@ def units(design: dict, dest: Path) -> list[Path]:
             chain = Chain(design, kind, seed, dest)
             files.append(chain.metrics_path("baseline", None))
             for ratio in design["ratios"]:
-                files += [chain.metrics_path(v, ratio) for v in VARIANTS] + [chain.iou_path(ratio)]
+                files += [chain.metrics_path(v, ratio) for v in design["variants"]] + [chain.iou_path(ratio)]
     return files
 
 
 def count_units(design: dict) -> int:
-    return len(design["kinds"]) * len(design["seeds"]) * (1 + len(design["ratios"]) * (len(VARIANTS) + 1))
+    return len(design["kinds"]) * len(design["seeds"]) * (1 + len(design["ratios"]) * (len(design["variants"]) + 1))
 
 
 def count_finished(design: dict, dest: Path) -> int:
@@ -248,14 +251,20 @@ def _read_json(path: Path) -> Any:
 
 def learning_curve(log: Path) -> dict[str, list]:
     """Validation points [step, loss, {task: loss}] and training points [step, mean loss since the
-    previous record] from a run's JSON-lines log (logs/{name}.jsonl, README)."""
-    val, train = [], []
+    previous record] from a run's JSON-lines log (logs/{name}.jsonl, README). A resumed run logged the
+    steps after its last checkpoint twice: records past a `resume` event's step are replaced."""
+    val: list[list] = []
+    train: list[list] = []
     for line in log.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        if record.get("kind") == "val":
-            val.append([record["iteration"], record["loss"], record.get("losses", {})])
-        elif record.get("kind") == "train":
-            train.append([record["iteration"], record["avg_loss"]])
+        kind, step = record.get("kind"), record.get("iteration")
+        if kind == "event" and record.get("event") == "resume":
+            val = [point for point in val if point[0] <= step]
+            train = [point for point in train if point[0] <= step]
+        elif kind == "val":
+            val.append([step, record["loss"], record.get("losses", {})])
+        elif kind == "train":
+            train.append([step, record["avg_loss"]])
     return {"val": val, "train": train}
 
 
@@ -265,12 +274,13 @@ def collect(design: dict, dest: Path, command: str) -> dict:
     for kind in design["kinds"]:
         for seed in design["seeds"]:
             chain = Chain(design, kind, seed, dest)
-            for variant, ratio in [("baseline", None)] + [(v, r) for r in design["ratios"] for v in VARIANTS]:
+            for variant, ratio in [("baseline", None)] + [(v, r) for r in design["ratios"] for v in design["variants"]]:
                 method, arbiter = parse_variant(variant)
                 name = run_name(method, ratio)
                 folder = chain.folder(variant)
                 record = {"kind": kind, "seed": seed, "variant": variant, "method": method, "arbiter": arbiter,
-                          "ratio": 0 if ratio is None else ratio, "metrics": _read_json(chain.metrics_path(variant, ratio)),
+                          "ratio": 0 if ratio is None else ratio,
+                          "metrics": _read_json(chain.metrics_path(variant, ratio)),
                           "seconds": _read_json(folder / f"seconds_{name}.json"),
                           "train_curve": learning_curve(folder / "logs" / f"{name}.jsonl")["train"]}
                 report = folder / f"{name}_report.json"
@@ -287,7 +297,7 @@ def collect(design: dict, dest: Path, command: str) -> dict:
                             "overall": data.get("overall"), "watershed": data.get("watershed"),
                             "layers": [{k: layer[k] for k in ("name", "index", "kind", "all", "pairs")}
                                        for layer in data["layers"]]})
-    return {"design": {**design, "variants": list(VARIANTS)}, "command": command, "runs": runs, "iou": iou,
+    return {"design": design, "command": command, "runs": runs, "iou": iou,
             "curves": curves}
 
 
@@ -299,6 +309,21 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 # --------------------------------------------------------------------------- main
 
+def steps_per_kind(text: str) -> dict[str, int]:
+    """argparse type: `600` (every kind) or `shared=600,disentangled=1200`."""
+    try:
+        if "=" not in text:
+            return {kind: int(text) for kind in CONFIGS}
+        pairs = dict(item.split("=") for item in text.split(","))
+        steps = {kind: int(value) for kind, value in pairs.items()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or KIND=N,..., got {text!r}") from None
+    unknown = set(steps) - set(CONFIGS)
+    if unknown or min(steps.values()) < 1:
+        raise argparse.ArgumentTypeError(f"kinds are {', '.join(CONFIGS)} and steps positive, got {text!r}")
+    return steps
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dest", default=None, help="study folder (default runs/study, or runs/study_quick)")
@@ -309,15 +334,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--kinds", nargs="+", choices=sorted(CONFIGS), default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--ratios", type=float, nargs="+", default=None)
-    parser.add_argument("--steps", type=int, default=None, help="training steps of every net")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
+                        help="pruned methods to run (default: all); the dense baseline always runs")
+    parser.add_argument("--steps", type=steps_per_kind, default=None, metavar="N|KIND=N,...",
+                        help="training steps of every net: one number for both kinds, or per kind "
+                             "(shared=600,disentangled=1200)")
     return parser.parse_args(argv)
 
 
 def resolve_design(args: argparse.Namespace) -> dict:
     design = dict(QUICK if args.quick else FULL)
-    for key in ("kinds", "seeds", "ratios", "steps"):
+    for key in ("kinds", "seeds", "ratios", "variants"):
         if getattr(args, key) is not None:
             design[key] = getattr(args, key)
+    if args.steps is not None:
+        design["steps"] = {**design["steps"], **args.steps}
     design["ratios"] = [int(r) if float(r).is_integer() else float(r) for r in design["ratios"]]
     return design
 
@@ -361,10 +392,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.setdefault("MKL_NUM_THREADS", "1")
             generate_data(design, dest)
             start, done = time.time(), count_finished(design, dest)
+            steps = ", ".join(f"{design['steps'][k]} ({k})" for k in design["kinds"])
             print(f"study in {dest}: {count_units(design)} runs ({done} done), {len(design['kinds'])} kinds x "
-                  f"{len(design['seeds'])} seeds, ratios {design['ratios']}, {design['steps']} steps each, "
+                  f"{len(design['seeds'])} seeds, ratios {design['ratios']}, steps per net {steps}, "
                   f"{args.jobs} job(s)", flush=True)
-            chains = [(kind, seed) for seed in design["seeds"] for kind in design["kinds"]]
+            # longest chains first, so that the two workers finish together
+            chains = sorted(((kind, seed) for seed in design["seeds"] for kind in design["kinds"]),
+                            key=lambda chain: -design["steps"][chain[0]])
             if args.jobs <= 1:
                 for kind, seed in chains:
                     run_chain(design, kind, seed, str(dest), start, done)

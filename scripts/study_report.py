@@ -291,22 +291,25 @@ def interaction_table(results: Mapping[str, Any]) -> str:
 
 
 def plateau_table(results: Mapping[str, Any]) -> str:
-    """Dense baselines: validation loss at 3/4 of the steps and at the end (mean over seeds)."""
-    header = ["kind", "seeds", "val loss at 3/4 steps", "val loss at the end", "change over the last quarter"]
+    """Dense baselines: validation loss (weighted sum and per task) at 3/4 of the steps and at the end, mean
+    over seeds, with the relative change over the last quarter."""
+    header = ["kind", "seeds", "loss", "at 1st validation", "at 3/4 steps", "at the end",
+              "change over the last quarter"]
     rows = []
     for kind in results["design"]["kinds"]:
-        quarter, end = [], []
+        series: dict[str, list[tuple[float, float, float]]] = {}
         for curve in results["curves"]:
             if curve["kind"] != kind or not curve["val"]:
                 continue
-            points = {int(it): loss for it, loss, *_ in curve["val"]}
+            points = {int(p[0]): {"weighted sum": p[1], **(p[2] if len(p) > 2 else {})} for p in curve["val"]}
             last = max(points)
             mark = min(points, key=lambda it: abs(it - 0.75 * last))
-            quarter.append(points[mark])
-            end.append(points[last])
-        if end:
-            q, e = statistics.fmean(quarter), statistics.fmean(end)
-            rows.append([kind, str(len(end)), _fmt(q, 4), _fmt(e, 4), f"{100 * (e - q) / q:+.1f} %"])
+            for name in points[last]:
+                series.setdefault(name, []).append((points[min(points)][name], points[mark][name], points[last][name]))
+        for name, triples in series.items():
+            first, quarter, end = (statistics.fmean(t[i] for t in triples) for i in range(3))
+            rows.append([kind, str(len(triples)), name, _fmt(first, 4), _fmt(quarter, 4), _fmt(end, 4),
+                         f"{100 * (end - quarter) / quarter:+.1f} %" if quarter else "–"])
     return _table(header, rows)
 
 

@@ -109,7 +109,8 @@ def test_each_disentangled_task_is_readable_from_its_own_cue(kinds):
 
 
 def test_disentangled_maps_through_the_loader_and_config(tmp_path):
-    config = load_config(config_file=DISENTANGLED_CONFIG, overrides=["synthetic.n_train=3", "synthetic.n_test=1", "synthetic.size=[32,40]",
+    config = load_config(config_file=DISENTANGLED_CONFIG,
+                         overrides=["synthetic.n_train=3", "synthetic.n_test=1", "synthetic.size=[32,40]",
                                     "data.image_shape=[32,40]", "data.crop_h=16", "data.crop_w=16"],
                          data_root=str(tmp_path / "dis"))
     shared = load_config(dataset="synthetic")

@@ -120,7 +120,7 @@ def test_report_from_the_json_alone(tmp_path):
     assert "- shared, 90 %: disparse_static[unanimous] is WORSE than random on Δm% by -2.20 [-2.54, -1.86]" in text
     assert "| disentangled | 90 | 0.300 [0.300, 0.300] |" in text                 # IoU table
     assert "| 90 | disparse_static[unanimous] | snip | 1.80 [0.76, 2.84] | **better** |" in text   # interaction
-    assert "| shared | 5 | 1.0000 | 0.9000 | -10.0 % |" in text                   # plateau: step 30 vs 40
+    assert "| shared | 5 | weighted sum | 2.0000 | 1.0000 | 0.9000 | -10.0 % |" in text   # plateau: 30 vs 40
     for png in ("metrics_shared", "metrics_disentangled", "gain_over_snip", "iou_layers", "baseline_curves"):
         assert (tmp_path / "out" / f"{png}.png").stat().st_size > 5000
     stored = json.loads((tmp_path / "out" / "contrasts.json").read_text())
@@ -154,17 +154,26 @@ def test_design_guard_names_and_logs(tmp_path):
     design = study.resolve_design(study.parse_args(["--quick"]))
     study.check_design(design, tmp_path)
     study.check_design(design, tmp_path)                                        # same design: resumes
-    with pytest.raises(study.StudyError, match=r"steps=12 \(now 5\)"):
-        study.check_design({**design, "steps": 5}, tmp_path)
+    with pytest.raises(study.StudyError, match=r"steps=\{'shared': 12, 'disentangled': 12\} \(now \{'shared': 5"):
+        study.check_design({**design, "steps": {"shared": 5, "disentangled": 12}}, tmp_path)
+    assert study.steps_per_kind("300") == {"shared": 300, "disentangled": 300}
+    assert study.resolve_design(study.parse_args(["--steps", "disentangled=40"]))["steps"] == \
+        {"shared": 600, "disentangled": 40}
+    with pytest.raises(SystemExit):
+        study.parse_args(["--steps", "cartoon=3"])
     assert study.parse_variant("disparse_static[mean_score]") == ("disparse_static", "mean_score")
     assert study.parse_variant("snip") == ("snip", None)
     assert study.run_name("snip", 92.5) == "synthetic_snip_92.5" and study.run_name("baseline", None) == \
         "synthetic_baseline"
     assert study.count_units(study.FULL) == 2 * 5 * (1 + 3 * 8)
+    assert study.count_units({**study.FULL, "variants": ["snip"]}) == 2 * 5 * (1 + 3 * 2)
     flags = study.design_flags(study.FULL, "disentangled", tmp_path)
     assert flags[flags.index("--config") + 1].endswith("configs/synthetic_disentangled.yaml")
     assert flags[flags.index("--data-root") + 1] == str(tmp_path / "data" / "disentangled")
     log = tmp_path / "run.jsonl"
     log.write_text('{"kind": "event", "iteration": 0}\n{"kind": "train", "iteration": 5, "avg_loss": 2.5}\n'
-                   '{"kind": "val", "iteration": 10, "loss": 1.5, "losses": {"seg": 1.0}}\n')
-    assert study.learning_curve(log) == {"val": [[10, 1.5, {"seg": 1.0}]], "train": [[5, 2.5]]}
+                   '{"kind": "val", "iteration": 10, "loss": 1.5, "losses": {"seg": 1.0}}\n'
+                   '{"kind": "train", "iteration": 15, "avg_loss": 9.0}\n'            # lost: killed before a save
+                   '{"kind": "event", "iteration": 10, "event": "resume"}\n{"kind": "train", "iteration": 15, '
+                   '"avg_loss": 2.0}\n')
+    assert study.learning_curve(log) == {"val": [[10, 1.5, {"seg": 1.0}]], "train": [[5, 2.5], [15, 2.0]]}

@@ -32,7 +32,7 @@ import colorsys
 import cv2
 import numpy as np
 
-from .synthetic import edge_map, keypoint_map
+from .synthetic_maps import edge_map, keypoint_map
 
 SEG_CELLS = (4, 9)                 # integers(low, high): 4..8 cells
 HUE_JITTER = 0.15                  # in units of the hue spacing 1/C

@@ -2,6 +2,14 @@
 normals, edges and keypoints that agree with each other, so every task is learnable from the image.
 
     python -m dataloaders.synthetic --out DIR --n-train 160 --n-test 40 --size 96x128 --seed 0
+    python -m dataloaders.synthetic --out DIR --scene-kind disentangled
+
+Two kinds of scene (`--scene-kind`, config key `synthetic.scene_kind`): `shared` (the default, described
+below) renders rooms, in which every task follows from the same geometry; `disentangled`
+(dataloaders/synthetic_disentangled.py) draws the seg, depth and normal maps independently and shows
+each by its own image cue (colour, defocus blur, shading), so the tasks need different features.
+`configs/synthetic_disentangled.yaml` selects it with its own data root (data/synthetic_disentangled):
+a root holds one kind, and asking for the other kind at an existing root is an error.
 
 Each image is a room (floor, four walls, ceiling: axis-aligned planes) holding 3-7 objects (boxes
 turned about the vertical axis standing on the floor, spheres on the floor or on a box), seen
@@ -57,6 +65,7 @@ import cv2
 import numpy as np
 
 from .errors import DataError
+from .synthetic_maps import edge_map, keypoint_map
 
 GENERATOR = "disparse-synthetic-scenes"
 VERSION = 1
@@ -64,6 +73,7 @@ META_FILE = "synthetic_meta.json"
 INDEX_FILE = "nyu_v2_3task.json"
 MIN_CLASSES, MAX_CLASSES = 4, 40
 DEFAULTS = {"n_train": 160, "n_test": 40, "size": [96, 128], "seed": 0}
+SCENE_KINDS = ("shared", "disentangled")
 SPLIT_CODES = {"train": 0, "test": 1}
 FOCAL_PER_WIDTH = 0.81          # NYU Kinect: fx ~ 518.8 px at 640 px width
 NORMAL_FRAME = "camera frame, x right, y forward (optical axis), z up; normals face the camera"
@@ -332,14 +342,6 @@ def render_scene(rng: np.random.Generator, height: int, width: int, num_classes:
 
     surf_edge = _boundaries(surface)
     normal[surf_edge] = 0.0                        # invalid on both sides of a surface boundary (as sensors)
-    # Edge pixels: one per boundary pair, on the nearer (occluding) side; either side of a crease.
-    edge_px = np.zeros_like(surf_edge)
-    for a, b, da, db, ea, eb in ((surface[:-1], surface[1:], depth[:-1], depth[1:], edge_px[:-1], edge_px[1:]),
-                                 (surface[:, :-1], surface[:, 1:], depth[:, :-1], depth[:, 1:],
-                                  edge_px[:, :-1], edge_px[:, 1:])):
-        differ = a != b
-        ea |= differ & (da <= db)
-        eb |= differ & (da > db)
     # Seg ignore on the occluded side of object outlines (mixed pixels of a real sensor).
     occluded = np.zeros_like(surf_edge)
     for axis in (0, 1):
@@ -355,10 +357,6 @@ def render_scene(rng: np.random.Generator, height: int, width: int, num_classes:
     seg = seg.astype(np.uint8)
     seg[occluded] = 255
 
-    edge = cv2.GaussianBlur(edge_px.astype(np.float32), (0, 0), 0.7)
-    edge = np.clip(edge / 0.45, 0.0, 1.0)
-
-    keypoint = np.zeros((height, width), dtype=np.float64)
     corners = [box.corners() for box in scene["objects"] if isinstance(box, _Box)]
     corners.append(np.array([[x, y, z] for x in (0, room[0]) for y in (0, room[1]) for z in (0, room[2])]))
     verts = np.concatenate(corners) - cam
@@ -369,15 +367,10 @@ def render_scene(rng: np.random.Generator, height: int, width: int, num_classes:
     vv = np.where(front, k["fy"] * vc[:, 1] / np.where(front, z, 1) + k["cy"], -1e9)
     ui, vi = np.rint(uu).astype(np.int64), np.rint(vv).astype(np.int64)
     inside = front & (ui >= 0) & (ui < width) & (vi >= 0) & (vi < height)
-    sigma = max(1.0, 1.2 * width / 128.0)
-    for x, y, zz, ix, iy in zip(uu[inside], vv[inside], z[inside], ui[inside], vi[inside]):
-        if depth[iy, ix] < zz - (0.03 * zz + 0.03):      # hidden behind something nearer
-            continue
-        blob = np.exp(-((u - x) ** 2 + (v - y) ** 2) / (2 * sigma ** 2))
-        np.maximum(keypoint, blob, out=keypoint)
-
+    visible = depth[vi[inside], ui[inside]] >= z[inside] - (0.03 * z[inside] + 0.03)   # not behind something nearer
+    keypoint = keypoint_map(uu[inside][visible], vv[inside][visible], height, width)
     return {"rgb": rgb, "seg": seg, "normal": normal.astype(np.float32), "depth": depth.astype(np.float32),
-            "keypoint": keypoint.astype(np.float32), "edge": edge.astype(np.float32)}
+            "keypoint": keypoint, "edge": edge_map(surface, depth)}
 
 
 # --------------------------------------------------------------------------- writing
@@ -411,11 +404,23 @@ def _write_sample(root: Path, ident: str, scene: Mapping[str, np.ndarray]) -> li
     return rel
 
 
-def _meta(n_train: int, n_test: int, size: Sequence[int], seed: int, num_classes: int) -> dict[str, Any]:
+def renderer(scene_kind: str):
+    """The scene function of a kind: `(rng, height, width, num_classes) -> maps` (see `render_scene`)."""
+    if scene_kind == "shared":
+        return render_scene
+    if scene_kind == "disentangled":
+        from .synthetic_disentangled import render_disentangled
+        return render_disentangled
+    raise DataError(f"synthetic: unknown scene kind {scene_kind!r} (expected one of {', '.join(SCENE_KINDS)})")
+
+
+def _meta(n_train: int, n_test: int, size: Sequence[int], seed: int, num_classes: int,
+          scene_kind: str) -> dict[str, Any]:
     h, w = int(size[0]), int(size[1])
     return {"generator": GENERATOR, "version": VERSION, "n_train": int(n_train), "n_test": int(n_test),
-            "size": [h, w], "seed": int(seed), "num_classes": int(num_classes),
-            "classes": class_names(num_classes), "intrinsics": intrinsics(h, w), "normal_frame": NORMAL_FRAME,
+            "size": [h, w], "seed": int(seed), "num_classes": int(num_classes), "scene_kind": scene_kind,
+            "classes": class_names(num_classes) if scene_kind == "shared" else [f"hue_{c}" for c in range(num_classes)],
+            "intrinsics": intrinsics(h, w), "normal_frame": NORMAL_FRAME,
             "depth": "z-depth along the optical axis, metres, float32"}
 
 
@@ -430,8 +435,9 @@ def _check_params(n_train: int, n_test: int, size: Sequence[int], num_classes: i
 
 
 def _write_dataset(root: Path, n_train: int, n_test: int, size: Sequence[int], seed: int, num_classes: int,
-                   progress: bool, label: str) -> None:
+                   scene_kind: str, progress: bool, label: str) -> None:
     height, width = int(size[0]), int(size[1])
+    render = renderer(scene_kind)
     for folder in ("img", "seg", "normal_mask", "depth", "keypoint", "edge"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     jobs = [("train", i) for i in range(n_train)] + [("test", i) for i in range(n_test)]
@@ -442,7 +448,7 @@ def _write_dataset(root: Path, n_train: int, n_test: int, size: Sequence[int], s
         bar = tqdm(total=len(jobs), desc=f"synthetic scenes -> {label}", unit="img", leave=False)
     for split, i in jobs:
         rng = np.random.default_rng([int(seed) % 2**63, SPLIT_CODES[split], i])
-        scene = render_scene(rng, height, width, num_classes)
+        scene = render(rng, height, width, num_classes)
         index[split].append(_write_sample(root, f"{split}_{i:05d}", scene))
         if bar is not None:
             bar.update()
@@ -450,19 +456,21 @@ def _write_dataset(root: Path, n_train: int, n_test: int, size: Sequence[int], s
         bar.close()
     (root / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
     # the meta file is written last: its presence marks a complete dataset
-    (root / META_FILE).write_text(json.dumps(_meta(n_train, n_test, size, seed, num_classes), indent=1,
-                                             sort_keys=True) + "\n", encoding="utf-8")
+    (root / META_FILE).write_text(json.dumps(_meta(n_train, n_test, size, seed, num_classes, scene_kind),
+                                             indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def generate_synthetic(out: str | os.PathLike, *, n_train: int, n_test: int, size: Sequence[int] = (96, 128),
                        seed: int = 0, num_classes: int = 8, overwrite: bool = False,
-                       progress: bool = False) -> Path:
-    """Generate the dataset into `out` (created; must not exist or be empty unless `overwrite`).
+                       progress: bool = False, scene_kind: str = "shared") -> Path:
+    """Generate the dataset into `out` (created; must not exist or be empty unless `overwrite`);
+    `scene_kind` is one of `SCENE_KINDS`.
 
     Written into a temporary sibling folder first and renamed into place when complete. If another
     process completes the same folder meanwhile, its result is kept. Returns `out`.
     """
     _check_params(n_train, n_test, size, num_classes)
+    renderer(scene_kind)                                  # an unknown kind fails before anything is written
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise DataError(f"synthetic: output {out} exists and is not a folder")
@@ -473,7 +481,7 @@ def generate_synthetic(out: str | os.PathLike, *, n_train: int, n_test: int, siz
     tmp = out.parent / f".{out.name}.partial-{token}"
     try:
         tmp.mkdir()
-        _write_dataset(tmp, n_train, n_test, size, seed, num_classes, progress, out.name)
+        _write_dataset(tmp, n_train, n_test, size, seed, num_classes, scene_kind, progress, out.name)
         old = None
         if out.is_dir() and any(out.iterdir()):          # overwrite: move the old one aside first
             old = out.parent / f".{out.name}.old-{token}"
@@ -510,7 +518,7 @@ def read_meta(root: str | os.PathLike) -> dict[str, Any] | None:
 
 def synthetic_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """Generator settings of a config: its `synthetic` section (defaults 160/40 images, size
-    `data.image_shape` or 96x128, seed 0) and the number of seg classes (default 8)."""
+    `data.image_shape` or 96x128, seed 0, scene kind shared) and the number of seg classes (default 8)."""
     section = dict(config.get("synthetic") or {})
     data = config.get("data") or {}
     size = section.get("size") or data.get("image_shape") or DEFAULTS["size"]
@@ -519,7 +527,7 @@ def synthetic_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     return {"n_train": int(section.get("n_train", DEFAULTS["n_train"])),
             "n_test": int(section.get("n_test", DEFAULTS["n_test"])),
             "size": [int(size[0]), int(size[1])], "seed": int(section.get("seed", DEFAULTS["seed"])),
-            "num_classes": num_classes}
+            "num_classes": num_classes, "scene_kind": str(section.get("scene_kind", SCENE_KINDS[0]))}
 
 
 def ensure_synthetic(config: Mapping[str, Any], progress: bool = True) -> Path:
@@ -534,9 +542,11 @@ def ensure_synthetic(config: Mapping[str, Any], progress: bool = True) -> Path:
         raise DataError("no data root for dataset 'synthetic': pass --data-root or set DISPARSE_DATA")
     root = Path(root).expanduser()
     want = synthetic_settings(config)
+    renderer(want["scene_kind"])
     meta = read_meta(root)
     if meta is not None:
         have = {key: meta.get(key) for key in want}
+        have["scene_kind"] = meta.get("scene_kind", SCENE_KINDS[0])    # roots written before kinds existed
         if meta.get("generator") != GENERATOR or meta.get("version") != VERSION or have != want:
             diff = ", ".join(f"{k}={have.get(k)!r} (config: {want[k]!r})" for k in want if have.get(k) != want[k])
             if meta.get("version") != VERSION:
@@ -551,9 +561,10 @@ def ensure_synthetic(config: Mapping[str, Any], progress: bool = True) -> Path:
                         f"empty it or choose another data_root")
     if progress:
         print(f"generating the synthetic dataset into {root} ({want['n_train']} train + {want['n_test']} test, "
-              f"{want['size'][0]}x{want['size'][1]}, seed {want['seed']})", file=sys.stderr)
+              f"{want['size'][0]}x{want['size'][1]}, seed {want['seed']}, {want['scene_kind']} scenes)",
+              file=sys.stderr)
     generate_synthetic(root, n_train=want["n_train"], n_test=want["n_test"], size=want["size"], seed=want["seed"],
-                       num_classes=want["num_classes"], progress=progress)
+                       num_classes=want["num_classes"], progress=progress, scene_kind=want["scene_kind"])
     return root
 
 
@@ -591,13 +602,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same files, byte for byte")
     parser.add_argument("--num-classes", type=int, default=8,
                         help=f"segmentation classes ({MIN_CLASSES}..{MAX_CLASSES}): floor, wall, ceiling + object classes")
+    parser.add_argument("--scene-kind", choices=SCENE_KINDS, default=SCENE_KINDS[0],
+                        help="shared: rooms, every task from the same geometry; disentangled: seg, depth and "
+                             "normals independent, each shown by its own cue (colour, blur, shading)")
     parser.add_argument("--force", action="store_true", help="replace an existing non-empty output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         out = generate_synthetic(args.out, n_train=args.n_train, n_test=args.n_test, size=args.size, seed=args.seed,
-                                 num_classes=args.num_classes, overwrite=args.force, progress=not args.quiet)
+                                 num_classes=args.num_classes, overwrite=args.force, progress=not args.quiet,
+                                 scene_kind=args.scene_kind)
     except (ValueError, OSError) as exc:
         print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 2
@@ -605,8 +620,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted (nothing was written to the output folder)", file=sys.stderr)
         return 130
     n = args.n_train + args.n_test
-    print(f"wrote {n} images ({args.n_train} train, {args.n_test} test, {args.size[0]}x{args.size[1]}) to {out} "
-          f"in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {n} images ({args.n_train} train, {args.n_test} test, {args.size[0]}x{args.size[1]}, "
+          f"{args.scene_kind} scenes) to {out} in {time.perf_counter() - start:.1f} s")
     return 0
 
 

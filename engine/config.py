@@ -50,14 +50,16 @@ SCHEMA: dict[str, Any] = {
     "eval.metrics_compat": str, "eval.delta_m_definition": str,
     "taskonomy.unlabelled": str, "taskonomy.normals_where_depth_invalid": str, "taskonomy.rgb_interpolation": str,
     "synthetic.n_train": int, "synthetic.n_test": int, "synthetic.size": list, "synthetic.seed": int,
+    "synthetic.scene_kind": str,
 }
 OPTIONAL_SECTIONS = ("synthetic", "taskonomy")
+OPTIONAL_KEYS = ("synthetic.scene_kind",)    # may be absent (the generator's default applies)
 CHOICES = {
     "dataset": DATASETS, "train.precision": ("fp32", "bf16", "amp"),
     "eval.metrics_compat": ("standard", "adashare"), "eval.delta_m_definition": ("task_mean", "metric_mean"),
     "loss.normals_space": ("decoded", "encoded"),
     "taskonomy.unlabelled": ("ignore", "class0"), "taskonomy.normals_where_depth_invalid": ("mask", "keep"),
-    "taskonomy.rgb_interpolation": ("area", "nearest"),
+    "taskonomy.rgb_interpolation": ("area", "nearest"), "synthetic.scene_kind": ("shared", "disentangled"),
 }
 
 
@@ -97,6 +99,8 @@ def validate(config: Mapping) -> None:
         if key.split(".")[0] in OPTIONAL_SECTIONS and key.split(".")[0] not in config:
             continue
         if key not in flat:
+            if key in OPTIONAL_KEYS:
+                continue
             raise ConfigError(f"config key {key!r} is missing")
         value = flat[key]
         if isinstance(value, bool) and types is not bool and bool not in (types if isinstance(types, tuple) else ()):

@@ -59,10 +59,11 @@ class Ballot(Protocol):
 
     The backbone is one flat vector of `backbone_size` positions (layers in pool order, row-major)."""
 
-    tasks: Sequence[str]
+    @property
+    def tasks(self) -> Sequence[str]: ...
     backbone_size: int
     scores: Scores
-    memo: dict                                   # per score set: an arbiter's caches across keep ratios
+    memo: dict                                   # per score set and sharing group: caches across keep ratios
 
     def task_backbone_into(self, task: str, out: torch.Tensor) -> None: ...   # task's keep flags, flat bool
     def task_backbone_kept(self, task: str) -> int: ...                       # how many it keeps there
@@ -75,7 +76,8 @@ class Ballot(Protocol):
 class Poll(Protocol):
     """The tasks' ranked pools before any exact selection, for estimates."""
 
-    tasks: Sequence[str]
+    @property
+    def tasks(self) -> Sequence[str]: ...
     backbone_size: int
 
     def sample_rank_fractions(self, sample_size: int) -> np.ndarray: ...     # tasks x samples, in [0, 1)
@@ -279,7 +281,7 @@ class CallableArbiter(Arbiter):
 
     def __init__(self, fn: Callable[..., MaskSet], name: str | None = None) -> None:
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "custom")
+        self.name = name or str(getattr(fn, "__name__", "custom"))
 
     def __call__(self, backbone_masks: TaskMasks, scores: Scores | None = None) -> MaskSet:
         return self.fn(backbone_masks, scores)

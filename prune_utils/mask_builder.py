@@ -12,6 +12,13 @@ Definitions
 * Ranking uses the raw scores. Dividing by the pool sum (the original's normalisation) is rank-neutral,
   so it matters only to the `mean_score` arbiter, which normalises (see `arbiters.py`).
 * The **model mask** takes the backbone from the arbiter and each head from its own task's mask.
+* **Partial sharing** (a weight used by some tasks but not all, `TaskStructure.groups`): each sharing
+  group is arbitrated among the tasks that own it, with the arbiter's rule for that many tasks
+  (`unanimous`: any owner keeps it; `intersection`: every owner; `majority`: ceil(|owners|/2) owners;
+  `mean_score`: top-k of the owners' normalised scores, k the mean of the owners' counts in the
+  group; an int quorum q needs q owners). A task that does not use a weight has no say on it. A task's
+  pool is its groups in group order, then its head; with hard sharing that is the backbone then the
+  head, as above. The search then starts without an estimate and uses exact evaluations only.
 
 Every function takes the model's `TaskStructure`; without one, the structure is read from the score
 dicts' parameter paths (`TaskStructure.from_names`).
@@ -37,14 +44,14 @@ weight, same shape); `.clone()` an entry if it must own its memory.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping, overload
 
 import numpy as np
 import torch
 
 from .arbiters import ARBITERS, Arbiter, ArbiterLike, get_arbiter
 from .masks import MaskSet
-from .structure import SHARED, TaskStructure
+from .structure import SHARED, UNOWNED, TaskStructure
 from .topk import (RankedPool, Selection, flat_float32, keep_count_floor, layout_numel, layout_views, next_prime,
                    solve_keep_ratio, topk_masks)
 
@@ -68,9 +75,23 @@ def structure_of(masks_or_scores: Mapping[str, Mapping[str, Any]], structure: Ta
 # the multitask problem
 
 
+class _Group:
+    """One sharing group as the pools hold it: the owners present in the scores, the group's weights, where
+    the group sits in the combined backbone buffer (`offset`) and in each owner's pool (`at[task]`)."""
+
+    def __init__(self, index: int, tasks: list[str], layout: list[tuple[str, torch.Size]], offset: int) -> None:
+        self.index, self.tasks, self.layout, self.offset = index, tasks, layout, offset
+        self.size = layout_numel(layout)
+        self.at: dict[str, int] = {}
+
+
 class TaskPools:
-    """Every task's scores laid out as one flat, ranked pool (backbone first), with the exact and estimated
-    machinery on top. It is the `Poll` the arbiters estimate from (`arbiters.Poll`)."""
+    """Every task's scores laid out as one flat, ranked pool (its sharing groups first, then its head), with
+    the exact and estimated machinery on top. It is the `Poll` the arbiters estimate from (`arbiters.Poll`).
+
+    Each sharing group of the structure (the shared weights with one set of owners, `TaskStructure.groups`)
+    is arbitrated among its owners that have scores; with hard parameter sharing there is one group, the
+    backbone, and every task owns it."""
 
     def __init__(self, scores: Scores, structure: TaskStructure | None = None) -> None:
         if not isinstance(scores, Mapping) or not scores:
@@ -80,34 +101,44 @@ class TaskPools:
         self.scores = scores
         self.tasks = list(scores)
         self.structure = structure = structure_of(scores, structure)
-        if not structure.fully_shared():
-            raise ValueError("mask building needs every shared weight to be used by all tasks (hard sharing)")
-        first = scores[self.tasks[0]]
-        self.backbone = [(n, first[n].shape) for n in structure.shared if n in first]
-        self.heads: dict[str, list[tuple[str, torch.Size]]] = {}
-        backbone_shapes = dict(self.backbone)
         for task in self.tasks:
-            task_scores = scores[task]
-            head = []
-            seen_backbone = set()
-            for name, value in task_scores.items():
+            for name in scores[task]:
                 part = structure.part(name)
-                if part == SHARED:
-                    if name not in backbone_shapes:
-                        raise ValueError(f"task {task!r} scores backbone weight {name!r} that task "
-                                         f"{self.tasks[0]!r} does not")
-                    if tuple(value.shape) != tuple(backbone_shapes[name]):
-                        raise ValueError(f"scores for {name!r} have different shapes across tasks")
-                    seen_backbone.add(name)
-                elif part != task:
+                if part == UNOWNED:
+                    raise ValueError(f"scores of task {task!r} include {name!r}, which no task uses")
+                if part != SHARED and part != task:
                     raise ValueError(f"scores of task {task!r} include {name!r}, which belongs to head {part!r}")
-            if len(seen_backbone) != len(self.backbone):
-                missing = [n for n, _ in self.backbone if n not in seen_backbone]
-                raise ValueError(f"scores of task {task!r} miss backbone weight(s) {missing[:3]}")
-            self.heads[task] = [(n, task_scores[n].shape) for n in structure.own(task) if n in task_scores]
+                if part == SHARED and task not in structure.owners[name]:
+                    raise ValueError(f"scores of task {task!r} include {name!r}, which task {task!r} does not use "
+                                     f"(shared by {', '.join(sorted(structure.owners[name]))})")
+        self.groups: list[_Group] = []
+        self.backbone: list[tuple[str, torch.Size]] = []
+        for owners, names in structure.groups():
+            tasks = [t for t in owners if t in scores]
+            scored = [n for n in names if any(n in scores[t] for t in tasks)]
+            if not scored:
+                continue
+            for name in scored:
+                missing = [t for t in tasks if name not in scores[t]]
+                if missing:
+                    raise ValueError(f"scores of task {missing[0]!r} miss backbone weight(s) {[name]}")
+                shapes = {tuple(scores[t][name].shape) for t in tasks}
+                if len(shapes) > 1:
+                    raise ValueError(f"scores for {name!r} have different shapes across tasks")
+            layout = [(n, scores[tasks[0]][n].shape) for n in scored]
+            group = _Group(len(self.groups), tasks, layout, layout_numel(self.backbone))
+            self.groups.append(group)
+            self.backbone.extend(layout)
+        self.heads: dict[str, list[tuple[str, torch.Size]]] = {
+            t: [(n, scores[t][n].shape) for n in structure.own(t) if n in scores[t]] for t in self.tasks}
         self.B = self.backbone_size = layout_numel(self.backbone)
+        self.split: dict[str, int] = {t: 0 for t in self.tasks}   # shared positions at the front of each pool
+        for group in self.groups:
+            for task in group.tasks:
+                group.at[task] = self.split[task]
+                self.split[task] += group.size
         self.H = {t: layout_numel(self.heads[t]) for t in self.tasks}
-        self.P = {t: self.B + self.H[t] for t in self.tasks}
+        self.P = {t: self.split[t] + self.H[t] for t in self.tasks}
         self.N = self.B + sum(self.H.values())
         if self.N == 0:
             raise ValueError("scores cover no weights")
@@ -117,17 +148,24 @@ class TaskPools:
         self.flats: dict[str, torch.Tensor] = {}
         self.ranked: dict[str, RankedPool] = {}
         for task in self.tasks:
-            names = [n for n, _ in self.backbone] + [n for n, _ in self.heads[task]]
-            flat = flat_float32([scores[task][n] for n in names])
+            flat = flat_float32([scores[task][n] for n, _ in self.pool_layout(task)])
             self.flats[task] = flat
-            self.ranked[task] = self.ranked_pool(flat, f"scores of {task!r}", split=self.B)
-        self.memo: dict = {}                       # arbiters' caches (see arbiters.Ballot)
+            self.ranked[task] = self.ranked_pool(flat, f"scores of {task!r}", split=self.split[task])
+        self.memo: dict = {}                       # arbiters' caches, one dict per group (see arbiters.Ballot)
         self._combined: torch.Tensor | None = None
         self._work: torch.Tensor | None = None
         self._sample: np.ndarray | None = None     # tasks x samples rank fractions
         self._backbone_state: tuple | None = None  # (key, kept) of the backbone now in the combined buffer
 
     # -- layout ---------------------------------------------------------------------------------------------
+    def pool_layout(self, task: str) -> list[tuple[str, torch.Size]]:
+        """A task's pool: the groups it belongs to, in group order, then its head."""
+        return [item for g in self.groups if task in g.at for item in g.layout] + self.heads[task]
+
+    def hard_sharing(self) -> bool:
+        """At most one sharing group, owned by every task (then the cheap estimates apply)."""
+        return not self.groups or (len(self.groups) == 1 and self.groups[0].tasks == self.tasks)
+
     def ks(self, keep_ratio: float) -> dict[str, int]:
         return {t: keep_count_floor(keep_ratio, self.P[t]) for t in self.tasks}
 
@@ -156,9 +194,7 @@ class TaskPools:
         return self.B + sum(self.H[t] for t in self.tasks[:self.tasks.index(task)])
 
     def pool_masks(self, task: str, buffer: torch.Tensor) -> MaskSet:
-        masks = layout_views(buffer, self.backbone)
-        masks.update(layout_views(buffer, self.heads[task], self.B))
-        return masks
+        return layout_views(buffer, self.pool_layout(task))
 
     # -- exact evaluation -------------------------------------------------------------------------------------
     def task_mask(self, task: str, keep_ratio: float) -> MaskSet:
@@ -171,14 +207,17 @@ class TaskPools:
     def _write_heads(self, sels: Mapping[str, Selection], buffer: torch.Tensor) -> None:
         for task in self.tasks:
             start = self.head_offset(task)
-            self.ranked[task].mask_into(sels[task], buffer[start:start + self.H[task]], self.B, self.P[task])
+            self.ranked[task].mask_into(sels[task], buffer[start:start + self.H[task]], self.split[task],
+                                        self.P[task])
 
     def evaluate(self, keep_ratio: float, arbiter: Arbiter, build: bool) -> tuple[int, MaskSet | None]:
         """Exact kept count of the model mask at `keep_ratio`; the mask set too when `build`."""
         sels = {t: self.ranked[t].select(k) for t, k in self.ks(keep_ratio).items()}
         head_kept = sum(s.head_kept for s in sels.values())
-        ballot = _Ballot(self, sels)
-        kept_backbone = arbiter.backbone_count(ballot) if self.B else 0
+        ballots = [_Ballot(self, sels, group) for group in self.groups]
+        counts = [arbiter.backbone_count(ballot) for ballot in ballots]
+        known = [c for c in counts if c is not None]
+        kept_backbone = sum(known) if len(known) == len(counts) else None
         buffer = None
         if build or kept_backbone is None:
             buffer = self.combined_buffer()
@@ -186,13 +225,14 @@ class TaskPools:
             if self._backbone_state is not None and self._backbone_state[0] == key:
                 kept_backbone = self._backbone_state[1]     # the buffer already holds this backbone
             else:
-                if self.B:
-                    arbiter.backbone_into(ballot, buffer[:self.B])
+                for group, ballot in zip(self.groups, ballots):
+                    arbiter.backbone_into(ballot, buffer[group.offset:group.offset + group.size])
                 kept_backbone = int(buffer[:self.B].count_nonzero()) if self.B else 0
                 self._backbone_state = (key, kept_backbone)
         kept = kept_backbone + head_kept
         if not build:
             return kept, None
+        assert buffer is not None
         self._write_heads(sels, buffer)
         return kept, self.model_masks(buffer)
 
@@ -209,7 +249,11 @@ class TaskPools:
         return self.ranked[task].estimate_split_kept(keep_count_floor(keep_ratio, self.P[task]))
 
     def estimator(self, arbiter: Arbiter, sample_size: int) -> Callable[[float], float] | None:
-        """A cheap, monotone approximation of `evaluate(ρ)[0]`, or None when the arbiter has no estimate."""
+        """A cheap, monotone approximation of `evaluate(ρ)[0]`, or None when the arbiter has no estimate.
+
+        Only for hard sharing: with several sharing groups the search runs on exact evaluations alone."""
+        if not self.hard_sharing():
+            return None
         backbone_estimate = arbiter.backbone_estimator(self, sample_size) if self.B else (lambda rho: 0.0)
         if backbone_estimate is None:
             return None
@@ -226,26 +270,33 @@ class TaskPools:
 
 
 class _Ballot:
-    """The tasks' selections at one keep ratio, offered to an arbiter (`arbiters.Ballot`)."""
+    """The owners' selections in one sharing group at one keep ratio, offered to an arbiter (`arbiters.Ballot`)."""
 
-    def __init__(self, pools: TaskPools, sels: Mapping[str, Selection]) -> None:
-        self.pools, self.sels = pools, sels
-        self.tasks, self.backbone_size, self.scores, self.memo = pools.tasks, pools.B, pools.scores, pools.memo
+    def __init__(self, pools: TaskPools, sels: Mapping[str, Selection], group: _Group) -> None:
+        self.pools, self.sels, self.group = pools, sels, group
+        self.tasks, self.backbone_size, self.scores = group.tasks, group.size, pools.scores
+        self.memo = pools.memo.setdefault(group.index, {})
 
     def task_backbone_into(self, task: str, out: torch.Tensor) -> None:
-        self.pools.ranked[task].mask_into(self.sels[task], out, 0, self.pools.B)
+        start = self.group.at[task]
+        self.pools.ranked[task].mask_into(self.sels[task], out, start, start + self.group.size)
 
     def task_backbone_kept(self, task: str) -> int:
-        return self.sels[task].split_kept
+        if self.group.size == self.pools.split[task]:          # the task's whole shared part: from the histograms
+            return self.sels[task].split_kept
+        flags = torch.empty(self.group.size, dtype=torch.bool)
+        self.task_backbone_into(task, flags)
+        return int(flags.count_nonzero())
 
     def layer_views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return layout_views(flat, self.pools.backbone)
+        return layout_views(flat, self.group.layout)
 
     def backbone_scores(self, task: str) -> torch.Tensor:
-        return self.pools.flats[task][:self.pools.B]
+        start = self.group.at[task]
+        return self.pools.flats[task][start:start + self.group.size]
 
     def work_buffer(self) -> torch.Tensor:
-        return self.pools.work_buffer()
+        return self.pools.work_buffer()[:self.group.size]
 
     def ranked_pool(self, flat: torch.Tensor, label: str) -> RankedPool:
         return self.pools.ranked_pool(flat, label)
@@ -273,16 +324,20 @@ def combine(task_masks: Mapping[str, Mapping[str, torch.Tensor]], arbiter: Arbit
         raise ValueError("combine needs the masks of at least one task")
     structure = structure_of(task_masks, structure)
     tasks = list(task_masks)
-    backbone_names = [n for n in task_masks[tasks[0]] if structure.part(n) == SHARED]
-    backbone_masks = {}
     for task in tasks:
-        masks = task_masks[task]
-        extra = [n for n in masks if structure.part(n) not in (SHARED, task)]
+        extra = [n for n in task_masks[task] if structure.part(n) != SHARED and structure.part(n) != task]
         if extra:
             raise ValueError(f"masks of task {task!r} include {extra[0]!r}, which belongs to another head")
-        backbone_masks[task] = {n: masks[n] for n in backbone_names if n in masks}
-    decided = arb(backbone_masks, scores)
-    out: MaskSet = {n: decided[n].to(torch.bool) for n in backbone_names}
+    out: MaskSet = {}
+    for owners, names in structure.groups():         # each sharing group is decided by its owners
+        voters = [t for t in owners if t in task_masks]
+        if not voters:
+            continue
+        group_masks = {t: {n: task_masks[t][n] for n in names if n in task_masks[t]} for t in voters}
+        if not any(group_masks.values()):
+            continue
+        decided = arb(group_masks, scores)
+        out.update({n: decided[n].to(torch.bool) for n in group_masks[voters[0]]})
     for task in tasks:
         for name, mask in task_masks[task].items():
             if structure.part(name) == task:
@@ -294,6 +349,7 @@ def masks_for_keep_ratio(scores: Scores, keep_ratio: float, arbiter: ArbiterLike
                          structure: TaskStructure | None = None) -> MaskSet:
     """The model mask set at a given per-task keep ratio (`--keep-ratio`, the paper's table)."""
     _, masks = TaskPools(scores, structure).evaluate(keep_ratio, get_arbiter(arbiter), build=True)
+    assert masks is not None
     return masks
 
 
@@ -302,9 +358,22 @@ class SearchInfo(dict):
     target_sparsity, within_tol, exact_evaluations, per-task k."""
 
 
+@overload
+def masks_for_sparsity(scores: Scores, target_sparsity: float, arbiter: ArbiterLike = ..., tol: float = ...,
+                       sample_size: int = ..., max_evaluations: int = ..., return_info: Literal[False] = ...,
+                       structure: TaskStructure | None = ...) -> tuple[MaskSet, float]: ...
+
+
+@overload
+def masks_for_sparsity(scores: Scores, target_sparsity: float, arbiter: ArbiterLike = ..., tol: float = ...,
+                       sample_size: int = ..., max_evaluations: int = ..., *, return_info: Literal[True],
+                       structure: TaskStructure | None = ...) -> tuple[MaskSet, float, SearchInfo]: ...
+
+
 def masks_for_sparsity(scores: Scores, target_sparsity: float, arbiter: ArbiterLike = "unanimous",
                        tol: float = 5e-4, sample_size: int = DEFAULT_SAMPLE, max_evaluations: int = 60,
-                       return_info: bool = False, structure: TaskStructure | None = None):
+                       return_info: bool = False, structure: TaskStructure | None = None
+                       ) -> tuple[MaskSet, float] | tuple[MaskSet, float, SearchInfo]:
     """(mask set, per-task keep ratio) whose model sparsity is `target_sparsity` within `tol`.
 
     `target_sparsity` is a fraction in [0, 1) (0.9 for `--ratio 90`); `tol` is a fraction of all
@@ -329,7 +398,7 @@ def masks_for_sparsity(scores: Scores, target_sparsity: float, arbiter: ArbiterL
                       f"{target_sparsity} ± {tol} (no per-task keep ratio lands closer)", RuntimeWarning,
                       stacklevel=2)
     kept_final, masks = pools.evaluate(rho, arb, build=True)
-    assert kept_final == kept
+    assert kept_final == kept and masks is not None
     if not return_info:
         return masks, rho
     info = SearchInfo(keep_ratio=rho, kept=kept, total=total, sparsity=1 - kept / total,
@@ -354,5 +423,6 @@ def global_topk(scores: Mapping, target_sparsity: float | None = None, keep_rati
             raise ValueError(f"target sparsity must be a fraction in [0, 1), got {target_sparsity}")
         k = max(1, total - int(round(float(target_sparsity) * total)))
     else:
+        assert keep_ratio is not None
         k = keep_count_floor(keep_ratio, total)
     return topk_masks(scores, k)

@@ -5,7 +5,7 @@ and BatchNorm stay dense. Which task owns which weight is `prune_utils.structure
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, cast
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """Name -> weight of every Conv2d/Linear, in `named_modules()` order (backbone first, then heads)."""
     model = unwrap(model)
-    return {f"{name}.weight": module.weight for name, module in model.named_modules()
+    return {f"{name}.weight": cast(nn.Parameter, module.weight) for name, module in model.named_modules()
             if isinstance(module, PRUNABLE_TYPES)}
 
 

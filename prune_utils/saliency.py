@@ -62,13 +62,15 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from .batches import to_device
 from .masks import prunable_parameters, unwrap
 from .structure import TaskStructure
 
 ALL = "__all__"
 MODES = ("batch_stats", "train", "eval")
 ScoreDict = dict[str, dict[str, torch.Tensor]]
-LossFn = Callable[[str, Mapping[str, torch.Tensor], Mapping[str, Any]], torch.Tensor]
+LossFn = Callable[[str, Mapping[str, torch.Tensor], Any], torch.Tensor]
+Forward = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]      # (model, batch) -> task -> prediction
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -136,10 +138,6 @@ def take_batches(batches: Iterable, num_batches: int | None) -> Iterator:
             warnings.warn(f"only {produced} of the {num_batches} requested batches were available", RuntimeWarning,
                           stacklevel=3)
             return
-
-
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 def _layout(model: nn.Module, tasks: Sequence[str], structure: TaskStructure | None,
@@ -231,7 +229,7 @@ class GradientSaliency:
                  num_batches: int | None = None, device: Any = None, generator: Any = None,
                  task_agnostic_weights: Mapping[str, float] | None = None, shared_forward: bool = True,
                  mode: str = "batch_stats", progress: bool | None = None, input_key: str = "img",
-                 structure: TaskStructure | None = None) -> ScoreDict:
+                 structure: TaskStructure | None = None, forward: Forward | None = None) -> ScoreDict:
         from tqdm import tqdm
 
         tasks = _check_tasks(tasks, task_agnostic_weights)
@@ -240,6 +238,7 @@ class GradientSaliency:
         model = unwrap(model)
         device = torch.device(device) if device is not None else next(model.parameters()).device
         loss = _resolve_loss(loss_fn)
+        run = forward or (lambda net, batch: net(batch[input_key]))
         seed = _base_seed(make_generator(generator))
         probe = self.probe(model, torch.Generator().manual_seed(seed)).to(device)
         _set_mode(probe, mode)
@@ -258,16 +257,16 @@ class GradientSaliency:
             show = None if progress is None else not progress
             for batch in tqdm(take_batches(batches, num_batches), total=num_batches, disable=show,
                               desc=f"saliency ({self.name})", leave=False):
-                batch = _to_device(batch, device)
+                batch = to_device(batch, device)
                 if task_agnostic_weights is not None:
-                    preds = probe(batch[input_key])
+                    preds = run(probe, batch)
                     total = sum(float(task_agnostic_weights.get(t, 0.0)) * loss(t, preds, batch) for t in tasks)
                     self._accumulate(total, weights, acc.views[ALL], retain=False)
                     continue
-                preds = probe(batch[input_key]) if shared_forward else None
+                preds = run(probe, batch) if shared_forward else None
                 for i, task in enumerate(tasks):
                     if not shared_forward:
-                        preds = probe(batch[input_key])
+                        preds = run(probe, batch)
                     retain = shared_forward and i < len(tasks) - 1
                     self._accumulate(loss(task, preds, batch), weights, acc.views[task], retain)
                 del preds
@@ -370,23 +369,26 @@ def get_saliency(method: str | Callable[..., ScoreDict]) -> Callable[..., ScoreD
     return SALIENCY[method]
 
 
-def compute_scores(model: nn.Module, batches: Iterable[Mapping[str, Any]] | None, loss_fn: Any,
+def compute_scores(model: nn.Module, batches: Iterable[Any] | None, loss_fn: Any,
                    tasks: Sequence[str], method: str = "snip", num_batches: int | None = None, device: Any = None,
                    generator: torch.Generator | int | None = None,
                    task_agnostic_weights: Mapping[str, float] | None = None, *, shared_forward: bool = True,
                    mode: str = "batch_stats", progress: bool | None = None, input_key: str = "img",
-                   structure: TaskStructure | None = None) -> ScoreDict:
+                   structure: TaskStructure | None = None, forward: Forward | None = None) -> ScoreDict:
     """Per-task saliency `{task: {param name: FloatTensor (CPU)}}` over each task's pool.
 
-    `batches`: dicts with `input_key` (the image) and the targets `loss_fn` reads; the first
-    `num_batches` are used (all when None; a DataLoader is restarted if it is shorter).
+    `batches`: what `forward` reads (by default dicts with `input_key`, the image) and the targets
+    `loss_fn` reads; the first `num_batches` are used (all when None; a DataLoader is restarted if it is
+    shorter).
     `loss_fn(task, preds, batch)`: the unweighted single-task loss (an `engine.losses.MultiTaskLoss` works:
     its `.single` is used). `task_agnostic_weights={task: λ}` scores all weights at once from
     Σ_t λ_t L_t and returns `{ALL: {...}}`. See the module docstring for `mode`, `shared_forward`, seeds
     and distributed runs. Data-free methods (`magnitude`, `random`) ignore `batches` and `loss_fn`.
     `structure`: the model's `TaskStructure` (default: `TaskStructure.from_model(model)`).
+    `forward(model, batch) -> {task: prediction}` runs the model on a batch (any structure, moved to the
+    device); the default is `model(batch[input_key])` for a model returning a dict.
     """
     saliency = get_saliency(method)
     return saliency(model, batches, loss_fn, tasks, num_batches=num_batches, device=device, generator=generator,
                     task_agnostic_weights=task_agnostic_weights, shared_forward=shared_forward, mode=mode,
-                    progress=progress, input_key=input_key, structure=structure)
+                    progress=progress, input_key=input_key, structure=structure, forward=forward)

@@ -73,40 +73,15 @@ import torch.distributed as dist
 from torch import nn
 
 from .arbiters import get_arbiter, select_growth
+from .batches import restored_buffers, split_batch, to_device
 from .erk import erk_random_masks
 from .masks import MaskSet, check_masks, prunable_parameters, sparsity as mask_sparsity, unwrap
-from .structure import SHARED, TaskStructure
+from .structure import SHARED, UNOWNED, TaskStructure
 from .topk import keep_count_round
 
 STATE_VERSION = 1
 MODES = ("disparse", "rigl")
-
-
-def split_batch(batch: Mapping[str, Any], parts: int) -> list[dict[str, Any]]:
-    """Split a batch dict along dim 0 into `parts` slices (fewer when the batch is smaller)."""
-    size = next((v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0), None)
-    if size is None:
-        raise ValueError("the batch holds no tensor to split")
-    parts = max(1, min(parts, size))
-    bounds = [round(k * size / parts) for k in range(parts + 1)]
-    slices = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        piece = {}
-        for key, value in batch.items():
-            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == size:
-                piece[key] = value[a:b]
-            elif isinstance(value, (list, tuple)) and len(value) == size:
-                piece[key] = value[a:b]
-            else:
-                piece[key] = value
-        slices.append(piece)
-    return slices
-
-
-def batch_to(batch: Mapping[str, Any], device: torch.device | str | None) -> dict[str, Any]:
-    if device is None:
-        return dict(batch)
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+__all__ = ["MODES", "STATE_VERSION", "DynamicSparsity", "StaticSparsity", "split_batch"]
 
 
 def _distributed() -> bool:
@@ -159,7 +134,7 @@ class StaticSparsity:
         self._hooks = []
 
     def before_step(self, iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict | None:
+                    batch: Any, device: torch.device | str | None = None) -> dict | None:
         return None
 
     @torch.no_grad()
@@ -247,6 +222,9 @@ class DynamicSparsity(StaticSparsity):
     model given to `attach`); `tasks` defaults to its tasks.
     `task_loss(task, pred, batch)` is the unweighted single-task loss (`disparse`);
     `total_loss(preds, batch)` the weighted multitask loss, a tensor or `(total, parts)` (`rigl`).
+    `forward(model, batch) -> {task: prediction}` runs the model on a batch of any structure (default:
+    `model(batch["img"])`). Partially shared layers grow by the arbiter over the tasks that own them;
+    layers no task owns (`structure.unowned`) must be dense and are never touched.
     """
 
     kind = "dynamic"
@@ -255,13 +233,15 @@ class DynamicSparsity(StaticSparsity):
                  density: float | None = None, target_densities: Mapping[str, float] | None = None,
                  interval: int = 50, end: int = 15000, drop_fraction: float = 0.5, mode: str = "disparse",
                  tasks: Sequence[str] | None = None,
-                 task_loss: Callable[[str, torch.Tensor, Mapping[str, Any]], torch.Tensor] | None = None,
-                 total_loss: Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], Any] | None = None,
+                 task_loss: Callable[[str, torch.Tensor, Any], torch.Tensor] | None = None,
+                 total_loss: Callable[[Mapping[str, torch.Tensor], Any], Any] | None = None,
                  arbiter: Any = "unanimous", growth_splits: int = 1,
-                 generator: torch.Generator | None = None, structure: TaskStructure | None = None) -> None:
+                 generator: torch.Generator | None = None, structure: TaskStructure | None = None,
+                 forward: Callable[[nn.Module, Any], Mapping[str, torch.Tensor]] | None = None) -> None:
         if (masks is None) == (model is None or density is None):
             raise ValueError("DynamicSparsity needs either `masks` or both `model` and `density`")
         if masks is None:
+            assert model is not None and density is not None
             masks, erk = erk_random_masks(model, float(density), generator)
             target_densities = erk if target_densities is None else target_densities
         super().__init__(masks)
@@ -291,6 +271,7 @@ class DynamicSparsity(StaticSparsity):
         self.structure = structure
         self.tasks = list(tasks) if tasks is not None else (list(structure.tasks) if structure is not None else None)
         self.task_loss, self.total_loss = task_loss, total_loss
+        self.forward = forward or (lambda net, batch: net(batch["img"]))
         self.arbiter = arbiter
         self.growth_splits = int(growth_splits)
         self.frozen = False
@@ -316,7 +297,7 @@ class DynamicSparsity(StaticSparsity):
         super().attach(model, optimizer)
 
     def before_step(self, iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict | None:
+                    batch: Any, device: torch.device | str | None = None) -> dict | None:
         if self.frozen:
             return None
         if not self._params:
@@ -369,19 +350,32 @@ class DynamicSparsity(StaticSparsity):
             return self.arbiter
         return str(getattr(self.arbiter, "name", type(self.arbiter).__name__))
 
+    def _layout(self) -> tuple[TaskStructure, list[str]]:
+        """The structure and tasks (known from the constructor or from `attach`)."""
+        if self.structure is None or self.tasks is None:
+            raise RuntimeError("DynamicSparsity has no task structure yet: call attach(model, optimizer) first")
+        return self.structure, self.tasks
+
     def _check_tasks(self) -> None:
         """The growth arbiter can arbitrate these tasks; every head in the masks belongs to one of them."""
-        get_arbiter(self.arbiter).quorum(len(self.tasks))
+        tasks = list(self.tasks or ())
+        get_arbiter(self.arbiter).quorum(len(tasks))
         if self.structure is not None:
-            owners = {self.structure.part(n) for n in self.masks} - {SHARED}
-            unknown = sorted(owners - set(self.tasks))
+            owners = {self.structure.part(n) for n in self.masks} - {SHARED, UNOWNED}
+            unknown = sorted(owners - set(tasks))
             if unknown:
-                raise ValueError(f"heads {unknown} belong to no task in {self.tasks}")
+                raise ValueError(f"heads {unknown} belong to no task in {tasks}")
+            sparse = [n for n in self.structure.unowned
+                      if n in self.masks and self.target_counts[n] < self.masks[n].numel()]
+            if sparse:
+                raise ValueError(f"{sparse[:3]} are used by no task, so nothing can regrow them: give them a "
+                                 f"fully dense mask and target")
 
-    def _update(self, iteration: int, model: nn.Module, batch: Mapping[str, Any],
+    def _update(self, iteration: int, model: nn.Module, batch: Any,
                 device: torch.device | str | None, alpha: float, final: bool) -> dict:
         net = unwrap(model)
-        parts = [SHARED] + list(self.tasks)
+        structure, tasks = self._layout()
+        parts = [SHARED] + tasks
         dropped_n = {p: 0 for p in parts}
         grown_n = {p: 0 for p in parts}
         reset: dict[str, torch.Tensor] = {}
@@ -405,19 +399,20 @@ class DynamicSparsity(StaticSparsity):
                     dropped[order] = True
                     reset[name] = dropped
                     weight.masked_fill_(dropped.view_as(mask), 0)  # the growth gradient sees the sparse net
-                    dropped_n[self.structure.part(name)] += n_drop
+                    dropped_n[structure.part(name)] += n_drop
                 if n_grow:
                     grow[name] = n_grow
             if grow:
                 scores = self._growth_scores(net, batch, device, list(grow))
                 arbiter = get_arbiter(self.arbiter)
                 for name, n_grow in grow.items():
-                    owner = self.structure.part(name)
+                    owner = structure.part(name)
                     flat = self.masks[name].view(-1)
                     if self.mode == "rigl":
                         chosen = select_growth(~flat, [scores[name]], n_grow)
-                    elif owner == SHARED:
-                        chosen = arbiter.select_growth(~flat, [scores[t][name] for t in self.tasks], n_grow)
+                    elif owner == SHARED:       # arbitrated among the tasks that use the layer
+                        voters = [t for t in tasks if t in structure.owners[name]]
+                        chosen = arbiter.select_growth(~flat, [scores[t][name] for t in voters], n_grow)
                     else:
                         chosen = select_growth(~flat, [scores[owner][name]], n_grow)
                     flat[chosen] = True
@@ -439,35 +434,37 @@ class DynamicSparsity(StaticSparsity):
                 "dropped_total": sum(dropped_n.values()), "grown_total": sum(grown_n.values()),
                 "sparsity": self.sparsity()}
 
-    def _growth_scores(self, net: nn.Module, batch: Mapping[str, Any], device: torch.device | str | None,
+    def _growth_scores(self, net: nn.Module, batch: Any, device: torch.device | str | None,
                        names: list[str]) -> dict:
         """Sum over slices (and ranks) of |dL/dW| on the current sparse net, flattened per layer.
 
         `rigl`: {name: score}. `disparse`: {task: {name: score}} over the task's pool among `names`.
         """
         params = self._params
+        structure, tasks = self._layout()
+        pools: dict[str | None, list[str]] = {}
         if self.mode == "rigl":
-            pools = {None: names}
+            pools[None] = names
         else:
-            pools = {}
-            for task in self.tasks:
-                pool = set(self.structure.pool(task))
-                pools[task] = [n for n in names if n in pool]
-            pools = {t: pool for t, pool in pools.items() if pool}
+            for t in tasks:
+                in_pool = set(structure.pool(t))
+                if any(n in in_pool for n in names):
+                    pools[t] = [n for n in names if n in in_pool]
         scores = {t: {n: torch.zeros(params[n].numel(), dtype=torch.float32, device=params[n].device)
                       for n in pool} for t, pool in pools.items()}
-        buffers = [b.detach().clone() for b in net.buffers()]
         self._mask_grads = False
         try:
-            with torch.enable_grad():
-                for piece in split_batch(batch_to(batch, device), self.growth_splits):
-                    preds = net(piece["img"])
+            with restored_buffers(net), torch.enable_grad():
+                for piece in split_batch(to_device(batch, device), self.growth_splits):
+                    preds = self.forward(net, piece)
                     last = len(pools) - 1
                     for k, (task, pool) in enumerate(pools.items()):
                         if task is None:
+                            assert self.total_loss is not None
                             out = self.total_loss(preds, piece)
                             loss = out[0] if isinstance(out, (tuple, list)) else out
                         else:
+                            assert self.task_loss is not None
                             loss = self.task_loss(task, preds[task], piece)
                         if not (torch.is_tensor(loss) and loss.requires_grad):
                             continue
@@ -479,9 +476,6 @@ class DynamicSparsity(StaticSparsity):
                     del preds
         finally:
             self._mask_grads = True
-            with torch.no_grad():
-                for buffer, saved in zip(net.buffers(), buffers):
-                    buffer.copy_(saved)
         if _distributed():
             for per_task in scores.values():
                 for tensor in per_task.values():

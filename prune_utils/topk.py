@@ -417,5 +417,6 @@ def solve_keep_ratio(count: Callable[[float], int], target: float, window: float
         if not low[0] < candidate < high[0]:
             candidate = mid
         rho = candidate
+    assert best is not None                         # the loop evaluates at least once
     error, rho, kept = best
     return Solution(float(rho), int(kept), error <= window, len(counts))

@@ -6,9 +6,12 @@ under `if TYPE_CHECKING` included) is read from the source with `ast`, nothing i
     engine                             fileio, models, dataloaders          (not prune_utils: a controller protocol)
     methods                            everything below
     the tools (top-level scripts)      everything below, no other tool
+    examples                           prune_utils (the public API), fileio, dataloaders (the synthetic scenes):
+                                       a user's own model and loop, not ours (no models, engine, methods)
 
-plus: leaf modules import nothing from the project (`prune_utils.topk`), and there is no import cycle
-between modules.
+plus: leaf modules import nothing from the project (`prune_utils.topk`), the public Python API (`prune_utils`
+and everything it imports, transitively) depends on no model, data set or trainer of the project (contract 13),
+and there is no import cycle between modules.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("fileio", "models", "dataloaders", "prune_utils", "engine", "methods")
+PACKAGES = ("fileio", "models", "dataloaders", "prune_utils", "engine", "methods", "examples")
 TOOLS = ("launch_training", "create_pruned_net", "eval_pruned_net", "iou_analysis", "static_similarity", "export_onnx")
 ALLOWED = {
     "fileio": set(),
@@ -28,7 +31,8 @@ ALLOWED = {
     "prune_utils": {"fileio", "models"},
     "engine": {"fileio", "models", "dataloaders"},
     "methods": {"fileio", "models", "dataloaders", "prune_utils", "engine"},
-    **{tool: set(PACKAGES) for tool in TOOLS},
+    "examples": {"prune_utils", "fileio", "dataloaders"},
+    **{tool: set(PACKAGES) - {"examples"} for tool in TOOLS},
 }
 LEAF_MODULES = ("prune_utils.topk",)
 
@@ -131,6 +135,18 @@ def test_leaf_modules_import_nothing_from_the_project():
     graph = import_graph()
     for module in LEAF_MODULES:
         assert graph[module] == set(), (module, graph[module])
+
+
+def test_the_public_api_depends_on_no_model_data_or_trainer():
+    graph = import_graph()
+    seen, stack = set(), ["prune_utils", "prune_utils.api"]
+    while stack:
+        module = stack.pop()
+        if module not in seen:
+            seen.add(module)
+            stack.extend(graph.get(module, ()))
+    assert {"prune_utils.api", "prune_utils.structure", "prune_utils.sparse_training"} <= seen
+    assert not sorted(m for m in seen if top(m) in {"models", "dataloaders", "engine", "methods"}), sorted(seen)
 
 
 def test_no_import_cycles():

@@ -1,0 +1,179 @@
+"""The study's statistics on a hand-made results JSON (intervals worked out by hand), the report written
+from the JSON alone, and the study script's plumbing (CLI adapter, design guard, log parsing)."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import study  # noqa: E402
+import study_report as report  # noqa: E402
+
+T_975_DF4 = 2.7764451051977987        # Student t, 97.5 % quantile, 4 degrees of freedom (printed tables)
+SEEDS = [0, 1, 2, 3, 4]
+DISPARSE = "disparse_static[unanimous]"
+# Per seed: Δm and mean normal angle error (degrees, lower is better) of three methods on shared scenes.
+DELTA_M = {DISPARSE: [1.0, 2.0, 3.0, 4.0, 6.0], "snip": [0.5, 1.0, 1.0, 2.0, 2.5], "random": [3.0, 4.5, 5.0, 6.0, 8.5]}
+ANGLE = {DISPARSE: [30.0, 31.0, 29.0, 30.0, 30.0], "snip": [30.5, 30.5, 30.0, 30.2, 29.8],
+         "random": [30.0, 30.0, 30.0, 30.0, 30.0]}
+# Disentangled scenes: DiSparse's Δm gain over SNIP is larger by 1, 1, 2, 2, 3 points.
+EXTRA_GAIN = [1.0, 1.0, 2.0, 2.0, 3.0]
+
+
+def _metrics(delta_m: float | None, angle: float) -> dict:
+    metrics = {"seg": {"mIoU": 0.5, "Pixel Acc": 0.8}, "sn": {"Angle Mean": angle, "Angle 22.5": 40.0},
+               "depth": {"abs_err": 0.7, "sigma_1.25": 55.0}, "sparsity": 0.0 if delta_m is None else 0.9}
+    if delta_m is not None:
+        metrics["delta_m"] = delta_m
+    return metrics
+
+
+def _results() -> dict:
+    runs = []
+    for kind in ("shared", "disentangled"):
+        for i, seed in enumerate(SEEDS):
+            runs.append({"kind": kind, "seed": seed, "variant": "baseline", "ratio": 0, "metrics": _metrics(None, 29.0),
+                         "seconds": {"train": 10.0, "eval": 1.0}})
+            for variant in DELTA_M:
+                gain = EXTRA_GAIN[i] if kind == "disentangled" and variant == DISPARSE else 0.0
+                runs.append({"kind": kind, "seed": seed, "variant": variant, "ratio": 90,
+                             "metrics": _metrics(DELTA_M[variant][i] + gain, ANGLE[variant][i]),
+                             "seconds": {"prune": 1.0, "train": 10.0, "eval": 1.0}})
+    layers = [{"name": "a", "index": 0, "kind": "conv", "all": 0.2, "pairs": {}},
+              {"name": "b", "index": 1, "kind": "conv", "all": 0.4, "pairs": {}},
+              {"name": "c", "index": 2, "kind": "shortcut", "all": 0.9, "pairs": {}}]
+    iou = [{"kind": kind, "seed": seed, "ratio": 90, "layers": layers} for kind in ("shared", "disentangled")
+           for seed in SEEDS]
+    curves = [{"kind": kind, "seed": seed, "val": [[10, 2.0, {}], [30, 1.0, {}], [40, 0.9, {}]],
+               "train": [[10, 2.5], [40, 1.1]]} for kind in ("shared", "disentangled") for seed in SEEDS]
+    design = {"kinds": ["shared", "disentangled"], "seeds": SEEDS, "ratios": [90],
+              "variants": [DISPARSE, "snip", "random"]}
+    return {"design": design, "command": "python scripts/study.py", "runs": runs, "iou": iou, "curves": curves}
+
+
+def _hand_interval(diffs: list[float]) -> tuple[float, float, float]:
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = T_975_DF4 * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def _row(rows, kind, variant, reference, label):
+    (row,) = [r for r in rows if (r["kind"], r["variant"], r["reference"], r["metric"]) == (kind, variant, reference,
+                                                                                              label)]
+    return row
+
+
+def test_paired_t_intervals_match_hand_computation():
+    rows = report.contrasts(_results())
+    # DiSparse - SNIP, Δm: differences 0.5, 1, 2, 2, 3.5 -> mean 1.8, sd 1.1511, CI [0.3707, 3.2293]: better
+    row = _row(rows, "shared", DISPARSE, "snip", "Δm%")
+    assert row["differences"] == pytest.approx([0.5, 1.0, 2.0, 2.0, 3.5])
+    mean, low, high = _hand_interval(row["differences"])
+    assert (mean, low, high) == pytest.approx((1.8, 0.3707374, 3.2292626), abs=1e-6)
+    interval = row["interval"]
+    assert (interval.mean, interval.low, interval.high) == pytest.approx((mean, low, high), abs=1e-9)
+    assert interval.significant and report._verdict(interval) == "**better**"
+    # two-sided p from the closed-form t CDF for 4 degrees of freedom: F(t) = 1/2 + 3/4 x (1 - x^2/3), x = t/sqrt(4+t^2)
+    t = mean / (math.sqrt(5.3 / 4) / math.sqrt(5))
+    x = t / math.sqrt(4 + t * t)
+    assert interval.p == pytest.approx(2 * (1 - (0.5 + 0.75 * x * (1 - x * x / 3))), rel=1e-9)
+    # angle error is lower-better: signed differences 0.5, -0.5, 1, 0.2, -0.2 -> mean 0.2, CI includes 0
+    row = _row(rows, "shared", DISPARSE, "snip", "SN mean°")
+    assert row["differences"] == pytest.approx([0.5, -0.5, 1.0, 0.2, -0.2])
+    assert (row["interval"].low, row["interval"].high) == pytest.approx((-0.5293125, 0.9293125), abs=1e-6)
+    assert not row["interval"].significant
+    # DiSparse - random, Δm: -2, -2.5, -2, -2, -2.5 -> significantly worse
+    row = _row(rows, "shared", DISPARSE, "random", "Δm%")
+    assert (row["interval"].mean, row["interval"].low, row["interval"].high) == pytest.approx(
+        (-2.2, -2.5400437, -1.8599563), abs=1e-6)
+    assert report._verdict(row["interval"]) == "**worse**"
+    # against the dense baseline, Δm differences are the Δm values themselves (the baseline's Δm is 0)
+    assert _row(rows, "shared", DISPARSE, "baseline", "Δm%")["differences"] == DELTA_M[DISPARSE]
+
+
+def test_interaction_holm_and_iou():
+    results = _results()
+    seeds, diffs = report.interaction(results, DISPARSE, "snip", 90)
+    assert seeds == SEEDS and diffs == pytest.approx(EXTRA_GAIN)
+    assert report.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert math.isnan(report.holm([math.nan, 0.02])[0]) and report.holm([math.nan, 0.02])[1] == pytest.approx(0.02)
+    assert report.mean_iou(results["iou"][0]) == pytest.approx(0.3)          # conv layers only
+    single = report.t_interval([4.0])
+    assert single.n == 1 and not single.significant and math.isinf(single.high)
+    with pytest.raises(ValueError):
+        report.t_interval([])
+
+
+def test_report_from_the_json_alone(tmp_path):
+    source = tmp_path / "results.json"
+    source.write_text(json.dumps(_results()))
+    assert report.main([str(source), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "STUDY.md").read_text()
+    assert "| shared | 90 | disparse_static[unanimous] | snip | 1.80 [0.37, 3.23] |" in text
+    assert "- shared, 90 %: disparse_static[unanimous] is WORSE than random on Δm% by -2.20 [-2.54, -1.86]" in text
+    assert "| disentangled | 90 | 0.300 [0.300, 0.300] |" in text                 # IoU table
+    assert "| 90 | disparse_static[unanimous] | snip | 1.80 [0.76, 2.84] | **better** |" in text   # interaction
+    assert "| shared | 5 | weighted sum | 2.0000 | 1.0000 | 0.9000 | -10.0 % |" in text   # plateau: 30 vs 40
+    for png in ("metrics_shared", "metrics_disentangled", "gain_over_snip", "iou_layers", "baseline_curves"):
+        assert (tmp_path / "out" / f"{png}.png").stat().st_size > 5000
+    stored = json.loads((tmp_path / "out" / "contrasts.json").read_text())
+    assert any(r["significant"] and r["metric"] == "Δm%" and r["reference"] == "snip" for r in stored)
+    assert report.main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_run_cli_adapter(tmp_path, monkeypatch):
+    calls = []
+    with_argv = types.ModuleType("fake_with_argv")
+    with_argv.main = lambda argv=None: calls.append(("argv", argv)) or (3 if "--fail" in argv else 0)
+    without = types.ModuleType("fake_without")
+
+    def main_reading_sys_argv():
+        calls.append(("sys.argv", sys.argv[1:]))
+        print("some output")
+        raise SystemExit(0)
+
+    without.main = main_reading_sys_argv
+    monkeypatch.setitem(sys.modules, "fake_with_argv", with_argv)
+    monkeypatch.setitem(sys.modules, "fake_without", without)
+    study.run_cli("fake_with_argv", ["--x", "1"], tmp_path / "a.log")
+    study.run_cli("fake_without", ["--y"], tmp_path / "b.log")
+    assert calls == [("argv", ["--x", "1"]), ("sys.argv", ["--y"])]
+    assert "some output" in (tmp_path / "b.log").read_text() and sys.argv[0] != "fake_without.py"
+    with pytest.raises(study.StudyError, match=r"fake_with_argv failed \(exit 3\)"):
+        study.run_cli("fake_with_argv", ["--fail"], tmp_path / "c.log")
+
+
+def test_design_guard_names_and_logs(tmp_path):
+    design = study.resolve_design(study.parse_args(["--quick"]))
+    study.check_design(design, tmp_path)
+    study.check_design(design, tmp_path)                                        # same design: resumes
+    with pytest.raises(study.StudyError, match=r"steps=\{'shared': 12, 'disentangled': 12\} \(now \{'shared': 5"):
+        study.check_design({**design, "steps": {"shared": 5, "disentangled": 12}}, tmp_path)
+    assert study.steps_per_kind("300") == {"shared": 300, "disentangled": 300}
+    assert study.resolve_design(study.parse_args(["--steps", "disentangled=40"]))["steps"] == \
+        {"shared": 600, "disentangled": 40}
+    with pytest.raises(SystemExit):
+        study.parse_args(["--steps", "cartoon=3"])
+    assert study.parse_variant("disparse_static[mean_score]") == ("disparse_static", "mean_score")
+    assert study.parse_variant("snip") == ("snip", None)
+    assert study.run_name("snip", 92.5) == "synthetic_snip_92.5" and study.run_name("baseline", None) == \
+        "synthetic_baseline"
+    assert study.count_units(study.FULL) == 2 * 5 * (1 + 3 * 8)
+    assert study.count_units({**study.FULL, "variants": ["snip"]}) == 2 * 5 * (1 + 3 * 2)
+    flags = study.design_flags(study.FULL, "disentangled", tmp_path)
+    assert flags[flags.index("--config") + 1].endswith("configs/synthetic_disentangled.yaml")
+    assert flags[flags.index("--data-root") + 1] == str(tmp_path / "data" / "disentangled")
+    log = tmp_path / "run.jsonl"
+    log.write_text('{"kind": "event", "iteration": 0}\n{"kind": "train", "iteration": 5, "avg_loss": 2.5}\n'
+                   '{"kind": "val", "iteration": 10, "loss": 1.5, "losses": {"seg": 1.0}}\n'
+                   '{"kind": "train", "iteration": 15, "avg_loss": 9.0}\n'            # lost: killed before a save
+                   '{"kind": "event", "iteration": 10, "event": "resume"}\n{"kind": "train", "iteration": 15, '
+                   '"avg_loss": 2.0}\n')
+    assert study.learning_curve(log) == {"val": [[10, 1.5, {"seg": 1.0}]], "train": [[5, 2.5], [15, 2.0]]}

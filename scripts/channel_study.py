@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Channel-pruning study on the synthetic set: Δm against measured latency at matched MACs, several seeds.
 
-For every seed s: a dense baseline (`configs/synthetic.yaml`: width 1/8, 64x64 crops, batch 8, 200
-iterations). Then for every MACs target R (default 50 and 70 % removed) and every channel method
-(disparse_channel, channel_snip, channel_taylor, channel_magnitude, uniform): prune seed s's trained
-baseline (`create_pruned_net.py --from final_synthetic_baseline.pth --macs-ratio R`: every method removes
-the same fraction of the MACs, within 1 point), fine-tune the smaller dense net (`launch_training.py
---max-iters N`), and evaluate it against seed s's baseline (`eval_pruned_net.py --baseline-metrics`: Δm,
-positive = better). Last, every net's batch-1 latency is measured in this one process, one thread, all nets
-interleaved round by round (so machine load hits them alike), and the table (mean ± std over seeds), a JSON
-file and a plot of Δm against latency are written.
+Settings: the dense baselines of the issue-17 study's shared scenes (scripts/study.py, `FULL`: width 1/16,
+48x48 crops, batch 8, 320 train / 80 test images of 96x128, 600 steps at lr 2e-3 decayed by 0.2 after 400:
+where its pilots' dense baselines plateau). For every seed s: the dense baseline. Then for every MACs target
+R (default 50 and 70 % removed) and every channel method (disparse_channel, channel_snip, channel_taylor,
+channel_magnitude, uniform): prune seed s's trained baseline (`create_pruned_net.py --from final_...baseline
+--macs-ratio R`: every method removes the same fraction of the MACs, within 1 point), fine-tune the smaller
+dense net (`launch_training.py`, `--finetune-iters` steps at `--finetune-lr`, the baseline's final rate),
+and evaluate the final weights (no selection on the test split) against seed s's baseline
+(`eval_pruned_net.py --baseline-metrics`: Δm, positive = better). Last, every net's batch-1 latency is
+measured in this one process, one thread, all nets interleaved round by round (so machine load hits them
+alike), and the table (mean ± std over seeds), a JSON file and a plot of Δm against latency are written.
 
   .venv/bin/python scripts/channel_study.py --seeds 0 1 2 --targets 50 70 --dest runs/channel_study
 
@@ -32,6 +34,7 @@ from demo import MAIN_METRICS, ROOT, Pipeline, load_metrics, mean_std_table  # n
 
 sys.path.insert(0, str(ROOT))
 from engine.cli import image_size  # noqa: E402
+from study import FULL, design_flags  # noqa: E402
 
 METHODS = ("disparse_channel", "channel_snip", "channel_taylor", "channel_magnitude", "uniform")
 BASELINE = "synthetic_baseline"
@@ -43,20 +46,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--targets", nargs="+", default=["50", "70"], help="percent of the MACs removed")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--finetune-iters", type=int, default=100, help="training iterations after pruning")
-    parser.add_argument("--latency-size", type=image_size, default=(192, 256), metavar="HxW",
+    parser.add_argument("--finetune-iters", type=int, default=200, help="training iterations after pruning")
+    parser.add_argument("--finetune-lr", type=float, default=FULL["lr"] * FULL["decay_rate"],
+                        help="constant learning rate of the fine-tuning (default: the baseline's final rate)")
+    parser.add_argument("--latency-size", type=image_size, default=(384, 512), metavar="HxW",
                         help="input size of the latency measurement (batch 1)")
     parser.add_argument("--latency-rounds", type=int, default=15, help="timed passes per net (median)")
     parser.add_argument("--jobs", type=int, default=2, help="independent steps run at the same time (one thread each)")
     parser.add_argument("--plot", default=None, metavar="PNG", help="also write the plot here (e.g. docs/...)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--data-root", default=None)
-    return parser.parse_args(argv)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override after the baseline settings (e.g. train.max_iters=50 for a quick run)")
+    parser.add_argument("--data-root", default=None, help="synthetic data folder (default: {dest}/data/shared)")
+    args = parser.parse_args(argv)
+    args.data_root = args.data_root or str(Path(args.dest) / "data" / "shared")
+    return args
+
+
+def baseline_settings(args: argparse.Namespace) -> list[str]:
+    """The `--set` items of the issue-17 study's shared-scene design, one validation at the end, then ours."""
+    flags = design_flags(FULL, "shared", Path(args.dest))
+    steps = FULL["steps"]["shared"]
+    sets = [flags[i + 1] for i, flag in enumerate(flags[:-1]) if flag == "--set"]
+    return sets + [f"train.max_iters={steps}", f"train.val_every={steps}"] + args.overrides
 
 
 def pipeline(args: argparse.Namespace, seed: int) -> Pipeline:
     return Pipeline(argparse.Namespace(dest=str(Path(args.dest) / f"seed{seed}"), ratio=None, iters=None, seed=seed,
-                                       overrides=args.overrides, data_root=args.data_root, jobs=args.jobs))
+                                       overrides=baseline_settings(args), data_root=args.data_root, jobs=args.jobs))
 
 
 def train(pipe: Pipeline, method: str, *flags: str) -> None:
@@ -68,21 +84,25 @@ def train(pipe: Pipeline, method: str, *flags: str) -> None:
     pipe.train(method, *flags, *resume)
 
 
+def evaluate_final(pipe: Pipeline, method: str, name: str, *flags: str) -> None:
+    """Evaluate `final_{name}.pth` (no selection on the test split) -> metrics_final_{name}.json."""
+    if not (pipe.dest / f"metrics_final_{name}.json").is_file():
+        pipe.evaluate(method, "--checkpoint", str(pipe.dest / f"final_{name}.pth"), "--latency-runs", "0", *flags)
+
+
 def baseline_chain(pipe: Pipeline) -> None:
     train(pipe, "baseline")
-    if not (pipe.dest / f"metrics_{BASELINE}.json").is_file():
-        pipe.evaluate("baseline", "--latency-runs", "0")
+    evaluate_final(pipe, "baseline", BASELINE)
 
 
-def pruned_chain(pipe: Pipeline, method: str, target: str, iters: int) -> None:
+def pruned_chain(pipe: Pipeline, method: str, target: str, args: argparse.Namespace) -> None:
     name = f"synthetic_{method}_{target}"
     if not (pipe.dest / f"{name}.pth").is_file():
         pipe.run(f"prune {method} {target}", "create_pruned_net.py", "--method", method, "--macs-ratio", target,
                  "--from", str(pipe.dest / f"final_{BASELINE}.pth"), "--dest", str(pipe.dest))
-    train(pipe, method, "--ratio", target, "--max-iters", str(iters))
-    if not (pipe.dest / f"metrics_{name}.json").is_file():
-        pipe.evaluate(method, "--ratio", target, "--latency-runs", "0", "--baseline-metrics",
-                      str(pipe.dest / f"metrics_{BASELINE}.json"))
+    train(pipe, method, "--ratio", target, "--max-iters", str(args.finetune_iters), "--set",
+          f"train.lr={args.finetune_lr}", "--set", f"train.val_every={args.finetune_iters}")
+    evaluate_final(pipe, method, name, "--baseline-metrics", str(pipe.dest / f"metrics_final_{BASELINE}.json"))
 
 
 def measure_latencies(args: argparse.Namespace, nets: dict[str, Path]) -> dict[str, float]:
@@ -99,7 +119,7 @@ def measure_latencies(args: argparse.Namespace, nets: dict[str, Path]) -> dict[s
     if cache.get("settings") == settings and set(nets) <= set(cache.get("ms", {})):
         return cache["ms"]
     torch.set_num_threads(1)
-    config = load_config("synthetic", overrides=args.overrides, data_root=args.data_root)
+    config = load_config("synthetic", overrides=baseline_settings(args), data_root=args.data_root)
     models = {key: open_net(path, config).model.eval() for key, path in nets.items()}
     samples: dict[str, list[float]] = {key: [] for key in models}
     for key, model in models.items():                      # warm-up: allocation, oneDNN primitives
@@ -121,7 +141,7 @@ def aggregate(args: argparse.Namespace, latency: dict[str, float]) -> tuple[str,
     rows = []
     groups = [("0", "baseline", BASELINE)] + [(t, m, f"synthetic_{m}_{t}") for t in args.targets for m in args.methods]
     for target, method, name in groups:
-        runs = [load_metrics(Path(args.dest) / f"seed{s}", name) for s in args.seeds]
+        runs = [load_metrics(Path(args.dest) / f"seed{s}", f"final_{name}") for s in args.seeds]
         columns = [(label, [scale * run[task][key] for run in runs]) for task, key, scale, label in MAIN_METRICS]
         columns += [("MACs↓%", [100 * run["cost"].get("macs_removed", 0.0) for run in runs]),
                     ("params↓%", [100 * run["cost"].get("params_removed", 0.0) for run in runs]),
@@ -172,11 +192,11 @@ def main(argv=None) -> None:
     pipes = {seed: pipeline(args, seed) for seed in args.seeds}
     runner = next(iter(pipes.values()))
     runner.parallel([lambda p=p: baseline_chain(p) for p in pipes.values()])
-    runner.parallel([lambda p=p, m=m, t=t: pruned_chain(p, m, t, args.finetune_iters)
+    runner.parallel([lambda p=p, m=m, t=t: pruned_chain(p, m, t, args)
                      for t in args.targets for p in pipes.values() for m in args.methods])
     trained = time.perf_counter()
-    nets = {f"seed{s}/{BASELINE}": pipes[s].dest / f"best_{BASELINE}.pth" for s in args.seeds}
-    nets.update({f"seed{s}/synthetic_{m}_{t}": pipes[s].dest / f"best_synthetic_{m}_{t}.pth"
+    nets = {f"seed{s}/{BASELINE}": pipes[s].dest / f"final_{BASELINE}.pth" for s in args.seeds}
+    nets.update({f"seed{s}/synthetic_{m}_{t}": pipes[s].dest / f"final_synthetic_{m}_{t}.pth"
                  for s in args.seeds for t in args.targets for m in args.methods})
     latency = measure_latencies(args, nets)
     table, data = aggregate(args, latency)
@@ -187,7 +207,8 @@ def main(argv=None) -> None:
     plot(data, args, [dest / "channel_study.png"] + ([Path(args.plot)] if args.plot else []))
     elapsed = time.perf_counter() - start
     print(f"\n=== channel study: seeds {args.seeds}, MACs removed {args.targets} %, fine-tuned {args.finetune_iters} "
-          f"iterations (synthetic test split; Δm against each seed's baseline)")
+          f"iterations at lr {args.finetune_lr:g} (synthetic test split, final weights; Δm against each seed's "
+          f"baseline)")
     print(table)
     print(f"\ntraining and evaluation {trained - start:.0f} s, latency {elapsed - (trained - start):.0f} s; "
           f"total {elapsed:.0f} s; outputs under {dest}/")

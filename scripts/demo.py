@@ -6,7 +6,7 @@
    baselines, then train each pruned net with its masks fixed; remove 50 % of the MACs by structured
    DiSparse channel pruning (`disparse_channel`: a smaller dense net) and train that too;
 3. train DiSparse dynamic sparse training at 90 % from scratch;
-4. evaluate every net (Δm against the baseline, MACs removed, measured latency);
+4. evaluate every net (Δm against the baseline, MACs removed);
 5. per-layer mask IoU across tasks and Meta-Sparse task similarity;
 6. print one comparison table.
 
@@ -109,11 +109,11 @@ def load_metrics(dest: Path, name: str) -> dict:
 
 
 def comparison_table(dest: Path, rows: list[tuple[str, str]]) -> str:
-    """Method × main metrics × sparsity × MACs removed × latency × Δm, from the evaluations' metrics JSON files.
+    """Method × main metrics × sparsity × MACs removed × Δm, from the evaluations' metrics JSON files.
 
-    Latencies are single-process medians of a few batch-1 passes, measured while other steps ran: a rough
-    guide only (bench/bench_latency.py measures speed properly)."""
-    header = ["method"] + [label for *_, label in MAIN_METRICS] + ["sparsity%", "MACs↓%", "ms", "Δm%"]
+    (Their measured latencies are left out: taken while other steps ran, they differ by more between nets of
+    one architecture than between architectures; bench/bench_latency.py measures speed.)"""
+    header = ["method"] + [label for *_, label in MAIN_METRICS] + ["sparsity%", "MACs↓%", "Δm%"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, name in rows:
         metrics = load_metrics(dest, name)
@@ -124,7 +124,6 @@ def comparison_table(dest: Path, rows: list[tuple[str, str]]) -> str:
         cost = metrics.get("cost", {})
         cells.append(f"{100 * metrics.get('sparsity', 0.0):.2f}")
         cells.append(f"{100 * cost.get('macs_removed', 0.0):.1f}")
-        cells.append(f"{cost['latency_ms']:.1f}" if "latency_ms" in cost else "-")
         cells.append(f"{metrics['delta_m']:+.2f}" if "delta_m" in metrics else "0 (ref)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -197,8 +196,7 @@ def main() -> None:
     print(f"\n=== comparison at {pipe.ratio}% sparsity and {args.macs_ratio}% of the MACs removed (synthetic test split; "
           f"written to {pipe.dest / 'comparison.md'})")
     print(table)
-    print("(ms: batch-1 latency each evaluation measured while other steps ran: rough, nets of the same architecture "
-          "differ by the noise; bench/bench_latency.py measures speed properly)")
+    print("(MACs↓: multiply-accumulates physically removed; masked nets keep their dense MACs on dense kernels)")
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; outputs under {pipe.dest}/")
 
 

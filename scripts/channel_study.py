@@ -26,6 +26,7 @@ import io
 import json
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -190,10 +191,23 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     pipes = {seed: pipeline(args, seed) for seed in args.seeds}
-    runner = next(iter(pipes.values()))
-    runner.parallel([lambda p=p: baseline_chain(p) for p in pipes.values()])
-    runner.parallel([lambda p=p, m=m, t=t: pruned_chain(p, m, t, args)
-                     for t in args.targets for p in pipes.values() for m in args.methods])
+    ready = {seed: threading.Event() for seed in args.seeds}     # the seed's baseline is trained and evaluated
+
+    def baseline(seed: int) -> None:
+        try:
+            baseline_chain(pipes[seed])
+        finally:
+            ready[seed].set()                                # also when it failed: its chains then stand down
+
+    def pruned(seed: int, method: str, target: str) -> None:
+        ready[seed].wait()
+        if (pipes[seed].dest / f"metrics_final_{BASELINE}.json").is_file():
+            pruned_chain(pipes[seed], method, target, args)
+
+    # one pool: the baselines first, then the pruned nets seed by seed, each waiting for its seed's baseline
+    next(iter(pipes.values())).parallel([lambda s=s: baseline(s) for s in args.seeds]
+                                        + [lambda s=s, m=m, t=t: pruned(s, m, t) for s in args.seeds
+                                           for t in args.targets for m in args.methods])
     trained = time.perf_counter()
     nets = {f"seed{s}/{BASELINE}": pipes[s].dest / f"final_{BASELINE}.pth" for s in args.seeds}
     nets.update({f"seed{s}/synthetic_{m}_{t}": pipes[s].dest / f"final_synthetic_{m}_{t}.pth"

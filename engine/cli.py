@@ -47,13 +47,13 @@ def unit_fraction(value: str) -> float:
     return number
 
 
-def require_positive(**flags: int | None) -> None:
-    """One-line ValueError for a count flag given as 0 or less (`require_positive(batch_size=0)` names
-    `--batch_size`); None means "not given". Checked by the tools before any work, so that a 0 is never
-    read as "unset" and silently replaced by the config's value."""
-    for name, value in flags.items():
+def require_positive(flags: dict[str, int | None]) -> None:
+    """One-line ValueError for a count flag given as 0 or less (`require_positive({"--batch_size": 0})`); None
+    means "not given". Checked by the tools before any work, so that a 0 is never read as "unset" and
+    silently replaced by the config's value."""
+    for flag, value in flags.items():
         if value is not None and value < 1:
-            raise ValueError(f"--{name} must be positive, got {value}")
+            raise ValueError(f"{flag} must be positive, got {value}")
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

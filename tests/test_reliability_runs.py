@@ -244,6 +244,32 @@ def test_failed_training_leaves_no_empty_log_folders(synthetic_root, tmp_path, c
     assert sorted(p.name for p in dest.iterdir()) == [f"last_{NAME}.pth"]            # no logs/, no tb/
 
 
+def test_kill_9_mid_run_then_resume_ends_bit_identical(synthetic_root, tmp_path, capsys):
+    """SIGKILL leaves the run's lock file (and maybe a temporary) behind; --resume takes both over and ends
+    exactly where an uninterrupted run ends."""
+    common = ("--max-iters", "30", "--set", "train.save_every=1", "--set", "train.val_every=100", "--no-final-eval")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run = subprocess.Popen([sys.executable, "launch_training.py", *tiny_run_args(synthetic_root, killed, *common)],
+                           cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (killed / f"last_{NAME}.pth").is_file():
+        assert run.poll() is None, run.communicate()
+        time.sleep(0.02)
+    run.kill()
+    run.wait()
+    launch_training.main(tiny_run_args(synthetic_root, whole, *common))
+    stopped_at = load_checkpoint(killed / f"last_{NAME}.pth")["iteration"]
+    assert 1 <= stopped_at < 30 and not (killed / f"final_{NAME}.pth").exists()
+    assert (killed / f".{NAME}.lock").is_file()                               # left by the killed run
+    capsys.readouterr()
+    launch_training.main(tiny_run_args(synthetic_root, killed, *common, "--resume"))
+    assert f"note: took over {killed / f'.{NAME}.lock'}" in capsys.readouterr().err
+    a, b = load_checkpoint(whole / f"final_{NAME}.pth"), load_checkpoint(killed / f"final_{NAME}.pth")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert sorted(p.name for p in killed.iterdir()) == sorted(p.name for p in whole.iterdir())   # no leftovers
+
+
 # ------------------------------------------------------------------ item 10: --resume says what it ignores
 
 

@@ -290,13 +290,14 @@ def test_disallowed_pickle_is_not_a_safe_checkpoint_and_never_suggests_an_unsafe
     ("train.lr=[1,", "--set train.lr: the value '[1,' is not valid YAML"),
     ("train.lr=!!python/object/apply:os.system [echo]", "--set train.lr: the value '!!python/object/apply:os.system"),
 ])
-def test_malformed_set_value_is_a_one_line_error_naming_the_key(item, fragment):
+def test_malformed_set_value_is_a_one_line_error_naming_the_key(item, fragment, capsys):
+    from engine import config
+
     with pytest.raises(ConfigError) as info:
         load_config("synthetic", overrides=[item])
     assert fragment in str(info.value) and "\n" not in str(info.value)
-    proc = subprocess.run([sys.executable, "-m", "engine.config", "--dataset", "synthetic", "--set", item], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {info.value}"]
+    assert config.main(["--dataset", "synthetic", "--set", item]) == 2          # python -m engine.config
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {info.value}"]
 
 
 def test_truncated_similarity_cache_is_recomputed(tmp_path):

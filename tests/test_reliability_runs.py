@@ -247,7 +247,7 @@ def test_failed_training_leaves_no_empty_log_folders(synthetic_root, tmp_path, c
 def test_kill_9_mid_run_then_resume_ends_bit_identical(synthetic_root, tmp_path, capsys):
     """SIGKILL leaves the run's lock file (and maybe a temporary) behind; --resume takes both over and ends
     exactly where an uninterrupted run ends."""
-    common = ("--max-iters", "30", "--set", "train.save_every=1", "--set", "train.val_every=100", "--no-final-eval")
+    common = ("--max-iters", "12", "--set", "train.save_every=1", "--set", "train.val_every=100", "--no-final-eval")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run = subprocess.Popen([sys.executable, "launch_training.py", *tiny_run_args(synthetic_root, killed, *common)],
                            cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
@@ -260,7 +260,7 @@ def test_kill_9_mid_run_then_resume_ends_bit_identical(synthetic_root, tmp_path,
     run.wait()
     launch_training.main(tiny_run_args(synthetic_root, whole, *common))
     stopped_at = load_checkpoint(killed / f"last_{NAME}.pth")["iteration"]
-    assert 1 <= stopped_at < 30 and not (killed / f"final_{NAME}.pth").exists()
+    assert 1 <= stopped_at < 12 and not (killed / f"final_{NAME}.pth").exists()
     assert (killed / f".{NAME}.lock").is_file()                               # left by the killed run
     capsys.readouterr()
     launch_training.main(tiny_run_args(synthetic_root, killed, *common, "--resume"))

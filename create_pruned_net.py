@@ -19,7 +19,7 @@ import time
 from typing import Sequence
 
 from engine.cli import (add_progress_argument, add_saliency_arguments, base_parser, percent, progress_setting,
-                        run_main, unit_fraction)
+                        require_positive, run_main, unit_fraction)
 from engine.config import config_from_args
 from methods.registry import METHODS, pruning_methods
 
@@ -58,22 +58,25 @@ def run(args) -> None:
     from engine.runtime import seed_everything
     from fileio import load_weights
     from methods.base import PruneRequest
-    from methods.pipeline import distributed_session, train_loader_rank0_first, write_pruned_net
+    from methods.outputs import claim_outputs
+    from methods.pipeline import (distributed_session, pruned_outputs, scored_batches, train_loader_rank0_first,
+                                  write_pruned_net)
     from methods.registry import get_method, paper_keep_ratio
     from models import build_model
 
     config = config_from_args(args)
     dataset = config["dataset"]
     method = get_method(args.method)
-    if args.num_batches is not None and args.num_batches <= 0:
-        raise ValueError(f"--num_batches must be positive, got {args.num_batches}")
+    require_positive({"--num_batches": args.num_batches, "--batch_size": args.batch_size})
     keep_ratio = paper_keep_ratio(config, method.name, args.ratio) if args.paper_keep_ratios else args.keep_ratio
     source = method.dense_source(args.dest, dataset, args.from_path)
     request = PruneRequest(target_sparsity=None if keep_ratio else args.ratio / 100.0, keep_ratio=keep_ratio,
                            saliency=args.saliency, arbiter=args.arbiter or config["pruning"]["arbiter"],
                            num_batches=args.num_batches or config["pruning"]["num_batches"],
                            scoring_mode=args.saliency_mode)
-    with distributed_session(args.device) as ctx:
+    files = method.files(args.dest, dataset, args.ratio)
+    with claim_outputs(files.dest, files.name, pruned_outputs(files, args.export_compact)), \
+            distributed_session(args.device, config) as ctx:
         seed_everything(args.seed)
         model = build_model(config, ctx.device)   # same init on every rank (same seed)
         if source is not None:
@@ -89,9 +92,10 @@ def run(args) -> None:
             return
         extra = {"keep_ratio": result.keep_ratio, "saliency": result.saliency, "arbiter": request.arbiter,
                  "num_batches": request.num_batches, "scoring_mode": request.scoring_mode, "seed": args.seed,
-                 "target_ratio": float(args.ratio), "source": str(source) if source else None, **result.info}
-        path = write_pruned_net(method.files(args.dest, dataset, args.ratio), model, config, method.name, result,
-                                extra, export_compact=args.export_compact)
+                 "target_ratio": float(args.ratio), "source": str(source) if source else None,
+                 "world_size": ctx.world_size, "scored_batches": scored_batches(result.saliency, request, ctx),
+                 **result.info}
+        path = write_pruned_net(files, model, config, method.name, result, extra, export_compact=args.export_compact)
         keep = f", per-task keep ratio {result.keep_ratio:.6f}" if result.keep_ratio is not None else ""
         print(f"{method.name}: sparsity {100 * result.sparsity:.3f}% (target {args.ratio:g}%){keep}, "
               f"scored with {result.saliency} in {elapsed:.1f}s -> {path}")

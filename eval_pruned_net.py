@@ -13,9 +13,12 @@ The JSON holds the metrics with the original keys (docs/ARCHITECTURE.md contract
 of pruned prunable weights: from the masks when the file has them, else the exact zeros of the weights)
 and, when a baseline is given, `delta_m` (percent, against --baseline-metrics) with `delta_m_definition`
 (the config's eval.delta_m_definition: task_mean or metric_mean, docs/METRICS.md); an undefined value is
-written as null. Normal predictions are read in the space the file records (docs/METRICS.md). The name is
-the network name ({dataset}_{method}_{ratio}, {dataset}_baseline) or, for --checkpoint, the file name
-without `.pth` and without a leading `best_`.
+written as null (with a warning). It also records what produced it: `split`, `metrics_compat` and
+`checkpoint`. Normal predictions are read in the space the file records (docs/METRICS.md). The file is
+`metrics_{name}[_{split}][_adashare].json` (the default, test split with standard metrics, is
+`metrics_{name}.json`), so evaluations of other kinds never replace each other; the name is the network
+name ({dataset}_{method}_{ratio}, {dataset}_baseline) or, for --checkpoint, the file name without `.pth`
+and without a leading `best_`. --baseline-metrics must come from the same split and metric definitions.
 """
 from __future__ import annotations
 
@@ -48,8 +51,8 @@ def build_parser():
     return parser
 
 
-def resolve_checkpoint(args, dataset: str) -> tuple[Path, Path]:
-    """(checkpoint path, metrics path)."""
+def resolve_checkpoint(args, dataset: str):
+    """(checkpoint path, the RunFiles its metrics are named by)."""
     from methods.base import RunFiles
     from methods.registry import get_method
 
@@ -57,43 +60,52 @@ def resolve_checkpoint(args, dataset: str) -> tuple[Path, Path]:
         path = Path(args.checkpoint)
         stem = path.name[:-4] if path.name.endswith(".pth") else path.stem
         name = stem[len("best_"):] if stem.startswith("best_") else stem
-        return path, RunFiles(Path(args.dest) if args.dest else path.parent, name).metrics
+        return path, RunFiles(Path(args.dest) if args.dest else path.parent, name)
     if args.method is None:
         raise ValueError("give --checkpoint PATH, or --method METHOD [--ratio R] --dest DIR")
     method = get_method(args.method)
     files = method.files(args.dest or ".", dataset, args.ratio if method.uses_ratio else None)
-    return files.checkpoint("best"), files.metrics
+    return files.checkpoint("best"), files
 
 
 def run(args) -> dict:
     from engine.delta_m import delta_m
     from engine.runtime import seed_everything, select_device
     from fileio import read_json
-    from methods.pipeline import evaluate_split, load_net, report_metrics
+    from methods.outputs import claim_outputs
+    from methods.pipeline import (check_baseline_kind, check_metrics_target, evaluate_split, load_net,
+                                  metrics_provenance, report_metrics)
     from models import build_model
 
     config = config_from_args(args)
-    path, out = resolve_checkpoint(args, config["dataset"])
+    compat = args.compat or config["eval"]["metrics_compat"]
+    path, files = resolve_checkpoint(args, config["dataset"])
+    out = files.metrics_for(args.split, compat)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     baseline = read_json(args.baseline_metrics, "baseline metrics file", dict) if args.baseline_metrics else None
-    device = select_device(args.device)
-    seed_everything(args.seed)
-    model = build_model(config, "cpu")
-    loaded, sparsity = load_net(path, model, config)
-    kind = "original-format" if loaded.original else (loaded.meta.get("method") or "our")
-    print(f"evaluating {path} ({kind} checkpoint, sparsity {100 * sparsity:.2f}%) on the {args.split} split")
-    progress = {"auto": sys.stderr.isatty(), "on": True, "off": False}[args.progress]
-    if "sn" in config["tasks"]:
-        print(f"normal predictions read in the {loaded.normals_space} space")
-    metrics = evaluate_split(model, config, args.split, device, compat=args.compat, progress=progress,
-                             normals_space=loaded.normals_space)
-    metrics["sparsity"] = sparsity
     if baseline is not None:
-        definition = config["eval"]["delta_m_definition"]
-        metrics["delta_m"] = delta_m(metrics, baseline, definition)
-        metrics["delta_m_definition"] = definition
-    report_metrics(metrics, out)
+        check_baseline_kind(baseline, args.baseline_metrics, args.split, compat)
+    with claim_outputs(files.dest, files.name, [out]):
+        check_metrics_target(out, args.split, compat)
+        device = select_device(args.device)
+        seed_everything(args.seed)
+        model = build_model(config, "cpu")
+        loaded, sparsity = load_net(path, model, config)
+        kind = {"original": "original-format", "compact": "compact-export"}.get(loaded.kind) \
+            or loaded.meta.get("method") or "our"
+        print(f"evaluating {path} ({kind} checkpoint, sparsity {100 * sparsity:.2f}%) on the {args.split} split")
+        progress = {"auto": sys.stderr.isatty(), "on": True, "off": False}[args.progress]
+        if "sn" in config["tasks"]:
+            print(f"normal predictions read in the {loaded.normals_space} space")
+        metrics = evaluate_split(model, config, args.split, device, compat=compat, progress=progress,
+                                 normals_space=loaded.normals_space)
+        metrics["sparsity"] = sparsity
+        if baseline is not None:
+            definition = config["eval"]["delta_m_definition"]
+            metrics["delta_m"] = delta_m(metrics, baseline, definition)
+            metrics["delta_m_definition"] = definition
+        report_metrics(metrics, out, metrics_provenance(args.split, compat, path))
     print(f"wrote {out}")
     return metrics
 

@@ -24,6 +24,7 @@ from prune_utils.masks import check_masks, masks_to, sparsity
 from prune_utils.plots import iou_bar_plot, similarity_heatmap
 from prune_utils.structure import TaskStructure
 
+from .outputs import claim_outputs
 from .scoring import score_fresh_net, score_net
 
 
@@ -66,7 +67,16 @@ def iou_analysis(config: Mapping, scoring: Scoring, dest: str | Path, *, keep_ra
     A fresh net (default) keeps, per task, `keep_ratio` of its pool (default `pruning.iou_keep_ratio`), or
     the keep ratio at which the arbiter's combined mask has `ratio` % sparsity; a pruned checkpoint
     (`from_ckpt`) keeps, per task, the top `keep_ratio` of the weights the checkpoint kept in its pool.
+    `dest` is checked and the outputs locked before any scoring (`methods.outputs.claim_outputs`).
     """
+    stem = Path(dest) / f"{config['dataset']}_iou"
+    with claim_outputs(dest, stem.name, [stem.with_suffix(suffix) for suffix in (".json", ".csv", ".png")]):
+        return _iou_analysis(config, scoring, stem, keep_ratio=keep_ratio, ratio=ratio, from_ckpt=from_ckpt,
+                             plot=plot)
+
+
+def _iou_analysis(config: Mapping, scoring: Scoring, stem: Path, *, keep_ratio: Optional[float],
+                  ratio: Optional[float], from_ckpt: Optional[str], plot: bool) -> dict:
     tasks = list(config["tasks"])
     if len(tasks) < 2:
         raise ValueError(f"IoU analysis needs at least two tasks, the config has {tasks}")
@@ -108,7 +118,6 @@ def iou_analysis(config: Mapping, scoring: Scoring, dest: str | Path, *, keep_ra
     del scores
 
     report = I.analyse({t: per_task[t] for t in tasks}, structure)
-    stem = Path(dest) / f"{config['dataset']}_iou"
     record = {**meta, **report.as_dict()}
     S.write_json(stem.with_suffix(".json"), record)
     buffer = io.StringIO()

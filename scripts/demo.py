@@ -94,7 +94,7 @@ class Pipeline:
 
     def train(self, method: str, *flags: str) -> None:
         self.run(f"train {method}", "launch_training.py", "--method", method, "--dest", str(self.dest),
-                 "--no-final-eval", *self.iters, *flags)
+                 "--no-final-eval", "--overwrite", *self.iters, *flags)   # the demo re-runs into one folder
 
     def evaluate(self, method: str, *flags: str) -> None:
         self.run(f"evaluate {method}", "eval_pruned_net.py", "--method", method, "--dest", str(self.dest), *flags)

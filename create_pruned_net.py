@@ -28,7 +28,7 @@ import time
 from typing import Sequence
 
 from engine.cli import (add_progress_argument, add_saliency_arguments, base_parser, percent, progress_setting,
-                        run_main, unit_fraction)
+                        require_positive, run_main, unit_fraction)
 from engine.config import config_from_args
 from methods.registry import METHODS, pruning_methods
 
@@ -80,15 +80,16 @@ def run(args) -> None:
     from engine.runtime import seed_everything, select_device
     from methods.base import PruneRequest
     from methods.channel import extract_file, write_extracted
-    from methods.pipeline import distributed_session, open_net, train_loader_rank0_first, write_pruned_net
+    from methods.outputs import claim_outputs
+    from methods.pipeline import (distributed_session, open_net, pruned_outputs, scored_batches,
+                                  train_loader_rank0_first, write_pruned_net)
     from methods.registry import get_method, paper_keep_ratio
     from models import build_model
 
     config = config_from_args(args)
     dataset = config["dataset"]
     method = get_method(args.method)
-    if args.num_batches is not None and args.num_batches <= 0:
-        raise ValueError(f"--num_batches must be positive, got {args.num_batches}")
+    require_positive({"--num_batches": args.num_batches, "--batch_size": args.batch_size})
     tasks = task_list(args.tasks, config, "--tasks")
     if tasks and not method.structured:
         raise ValueError(f"--tasks (extraction) applies to the channel-pruning methods, not {method.name}")
@@ -112,7 +113,11 @@ def run(args) -> None:
                            from_trained=source is not None)
     method.check_request(request)
     ratio = structured_ratio if structured_ratio is not None else args.ratio
-    with distributed_session(args.device) as ctx:
+    files = method.files(args.dest, dataset, ratio)
+    outputs = pruned_outputs(files, args.export_compact)
+    if tasks:
+        outputs += pruned_outputs(files.derived(f"_{'-'.join(tasks)}"), False)
+    with claim_outputs(files.dest, files.name, outputs), distributed_session(args.device, config) as ctx:
         seed_everything(args.seed)
         # same init on every rank (same seed); a file's own architecture when it has one
         model = (open_net(source, config, ctx.device, allow_extracted=False).model if source
@@ -128,8 +133,9 @@ def run(args) -> None:
             return
         extra = {"keep_ratio": result.keep_ratio, "saliency": result.saliency, "arbiter": request.arbiter,
                  "num_batches": request.num_batches, "scoring_mode": request.scoring_mode, "seed": args.seed,
-                 "target_ratio": float(ratio), "source": str(source) if source else None, **result.info}
-        files = method.files(args.dest, dataset, ratio)
+                 "target_ratio": float(ratio), "source": str(source) if source else None,
+                 "world_size": ctx.world_size, "scored_batches": scored_batches(result, request, ctx),
+                 **result.info}
         path = write_pruned_net(files, model, config, method.name, result, extra, export_compact=args.export_compact)
         if "macs_removed" in result.entries:
             target = "MACs" if args.macs_ratio is not None else "parameters"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from engine.cli import add_saliency_arguments, base_parser, percent, run_main, unit_fraction
+from engine.cli import add_saliency_arguments, base_parser, percent, require_positive, run_main, unit_fraction
 
 
 def build_parser():
@@ -47,6 +47,7 @@ def run(args) -> dict:
     from engine.runtime import select_device
     from methods.analysis import Scoring, iou_analysis
 
+    require_positive({"--num_batches": args.num_batches, "--batch_size": args.batch_size})
     config = config_from_args(args)
     pruning = config["pruning"]
     scoring = Scoring(method=args.saliency or pruning["pt_saliency" if args.from_ckpt else "saliency"],
@@ -54,10 +55,6 @@ def run(args) -> dict:
                       batch_size=args.batch_size if args.batch_size is not None else int(pruning["batch_size"]),
                       mode=args.saliency_mode, seed=args.seed, device=select_device(args.device),
                       progress=not args.no_progress)
-    if scoring.num_batches < 1:
-        raise ValueError(f"--num_batches must be at least 1, got {scoring.num_batches}")
-    if scoring.batch_size < 1:
-        raise ValueError(f"--batch_size must be at least 1, got {scoring.batch_size}")
     return iou_analysis(config, scoring, args.dest, keep_ratio=args.keep_ratio, ratio=args.ratio,
                         from_ckpt=args.from_ckpt, plot=not args.no_plot)
 

@@ -13,13 +13,17 @@ Network name: `{dataset}_baseline` or `{dataset}_{method}_{ratio}`. Files under 
 its masks fixed (`disparse_pt` with the config's `retrain` settings at a constant LR, as the original
 effectively did); the dynamic methods start from random ERK masks (config `dynamic`); `lth` runs its
 rounds (config `lth`). What each method does: methods/registry.py, docs/ARCHITECTURE.md.
+
+A --dest that already holds checkpoints of the name is refused unless --resume continues them or
+--overwrite replaces them; while a run writes a name, another run of that name in the same --dest is
+refused; --dest is checked writable before any work (docs/RELIABILITY.md).
 """
 from __future__ import annotations
 
 import sys
 from typing import Sequence
 
-from engine.cli import add_progress_argument, base_parser, percent, progress_setting, run_main
+from engine.cli import add_progress_argument, base_parser, percent, progress_setting, require_positive, run_main
 from engine.config import config_from_args
 from methods.registry import method_names, methods_table
 
@@ -34,8 +38,12 @@ def build_parser():
                         help="folder for checkpoints, logs and metrics (also where pruned nets are read from)")
     parser.add_argument("--from", dest="from_path", default=None, metavar="PATH",
                         help="pruned checkpoint to start from instead of {dest}/{dataset}_{method}_{ratio}.pth")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from {dest}/last_{name}.pth (model, optimizer, LR schedule, RNG, data order)")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from {dest}/last_{name}.pth (model, optimizer, LR schedule, RNG, data order)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace a previous run of the same name in --dest (its checkpoints, metrics and logs "
+                            "are removed first); without it, or --resume, such a folder is refused")
     parser.add_argument("--max-iters", type=int, default=None, metavar="N",
                         help="optimizer steps (overrides train.max_iters, or retrain.iters for disparse_pt, "
                              "or lth.iters_per_round for lth)")
@@ -55,19 +63,32 @@ def run(args) -> None:
     from engine.distributed import barrier
     from engine.runtime import seed_everything
     from methods.base import TrainingRun
-    from methods.pipeline import distributed_session, evaluate_split, load_net, report_metrics, train_loader_rank0_first
+    from methods.outputs import check_fresh_start, claim_outputs
+    from methods.pipeline import (check_metrics_target, distributed_session, evaluate_split, load_net, metrics_provenance,
+                                  report_metrics, train_loader_rank0_first)
     from methods.registry import get_method
     from models import build_model
 
     config = config_from_args(args)
     method = get_method(args.method)
+    require_positive({"--stop-after": args.stop_after})       # --max-iters: Method.set_iterations
     if args.max_iters is not None:
         method.set_iterations(config, args.max_iters)
     ratio = args.ratio if method.uses_ratio else None
     files = method.files(args.dest, config["dataset"], ratio)
     start_file = method.start_file(files, args.from_path)
     progress = progress_setting(args.progress)
-    with distributed_session(args.device) as ctx:
+    compat = config["eval"]["metrics_compat"]
+    checkpoints = method.training_files(files, config)
+    metrics_path = files.metrics_for("test", compat)
+    with claim_outputs(files.dest, files.name, checkpoints + [metrics_path],
+                       folders=[files.dest / "logs", files.dest / "tb"]) as lock, \
+            distributed_session(args.device, config) as ctx:
+        if lock is not None:                           # rank 0: the rank that writes
+            check_fresh_start(checkpoints, [p for run in method.trainer_runs(files, config) for p in run.logs()],
+                              files.dest, files.name, resume=args.resume, overwrite=args.overwrite)
+            if not args.no_final_eval:
+                check_metrics_target(metrics_path, "test", compat)
         seed_everything(args.seed)
         train_loader = train_loader_rank0_first(config, ctx, seed=args.seed)
         val_loader = build_loader(config, args.val_split, shuffle=False, distributed=False, train=False)
@@ -93,7 +114,7 @@ def run(args) -> None:
             metrics["sparsity"] = sparsity
             if ctx.is_main:
                 print(f"metrics of {files.checkpoint('best')}:")
-                report_metrics(metrics, files.metrics)
+                report_metrics(metrics, metrics_path, metrics_provenance("test", compat, files.checkpoint("best")))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,9 +12,10 @@ Example: python3 static_similarity.py --dataset nyuv2 --num_batches 50 --num_see
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from engine.cli import add_saliency_arguments, base_parser, run_main
+from engine.cli import add_saliency_arguments, base_parser, require_positive, run_main
 
 
 def build_parser():
@@ -68,6 +69,7 @@ def run(args) -> None:
     from engine.config import config_from_args
     from engine.runtime import select_device
     from methods.analysis import Scoring, similarity_study
+    from methods.outputs import claim_outputs
     from prune_utils import similarity as S
 
     if args.table_only:
@@ -75,22 +77,21 @@ def run(args) -> None:
         return
     if args.dataset is None and args.config is None:
         args.dataset = "nyuv2"             # the original's default
-    if args.num_batches < 1:
-        raise ValueError(f"--num_batches must be at least 1, got {args.num_batches}")
-    if args.num_seeds < 1:
-        raise ValueError(f"--num_seeds must be at least 1, got {args.num_seeds}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}")
+    require_positive({"--num_batches": args.num_batches, "--num_seeds": args.num_seeds,
+                      "--batch_size": args.batch_size})
     config = config_from_args(args)
     scoring = Scoring(method=args.saliency or config["pruning"]["saliency"], num_batches=args.num_batches,
                       batch_size=args.batch_size or config["pruning"]["batch_size"], mode=args.saliency_mode,
                       seed=args.seed, device=select_device(args.device), progress=not args.no_progress)
     cells = ([(lm, sm) for lm in S.LAYER_METHODS for sm in S.SIM_METHODS] if args.all
              else [(args.layer_method, args.sim_method)])
-    similarity_study(config, scoring, sparsities=S.parse_sparsities(args.sparsities), keep_ratio_mode=args.keep_ratios,
-                     num_seeds=args.num_seeds, cells=cells, dump_dir=args.dump_dir, table_json=args.table_json,
-                     force=args.force_run, compat_row_slice=args.compat_row_slice, plot=not args.no_plot,
-                     show_each=len(cells) == 1 or args.format is None, settings=vars(args))
+    table = Path(args.table_json)
+    with claim_outputs(table.parent, table.name, [table], folders=[Path(args.dump_dir)], what="--table_json folder"):
+        similarity_study(config, scoring, sparsities=S.parse_sparsities(args.sparsities),
+                         keep_ratio_mode=args.keep_ratios, num_seeds=args.num_seeds, cells=cells,
+                         dump_dir=args.dump_dir, table_json=args.table_json, force=args.force_run,
+                         compat_row_slice=args.compat_row_slice, plot=not args.no_plot,
+                         show_each=len(cells) == 1 or args.format is None, settings=vars(args))
     if args.format:
         print()
         print_table(args.table_json, args.format)

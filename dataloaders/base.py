@@ -62,6 +62,29 @@ def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     return array
 
 
+_BIT_DEPTH = {np.dtype(np.uint8): "8-bit", np.dtype(np.uint16): "16-bit"}
+
+
+def read_label_png(path: Path, depths: Sequence[type] = (np.uint8, np.uint16), channels: int = 1) -> np.ndarray:
+    """A label or target PNG read unchanged (no conversion to 8 bits, no colour conversion), checked to be
+    of one of the integer `depths` with `channels` channels: a one-line DataError naming the file and what
+    was expected otherwise. A single-channel map stored as three equal channels is accepted.
+
+    OpenCV's IMREAD_GRAYSCALE / IMREAD_COLOR would scale a 16-bit file down to 8 bits (every small label
+    becoming 0) and turn a grey file into colour, silently."""
+    array = read_image(path, cv2.IMREAD_UNCHANGED)
+    expected = " or ".join(_BIT_DEPTH.get(np.dtype(d), str(np.dtype(d))) for d in depths)
+    shape = "grayscale" if channels == 1 else f"{channels}-channel"
+    if channels == 1 and array.ndim == 3 and array.shape[2] == 3 and \
+            (array[:, :, 0] == array[:, :, 1]).all() and (array[:, :, 0] == array[:, :, 2]).all():
+        array = array[:, :, 0]
+    found_channels = 1 if array.ndim == 2 else array.shape[2]
+    if array.dtype not in [np.dtype(d) for d in depths] or found_channels != channels:
+        found = f"{_BIT_DEPTH.get(array.dtype, str(array.dtype))} {found_channels}-channel"
+        raise DataError(f"{path}: expected a {expected} {shape} PNG, got a {found} image")
+    return array
+
+
 def read_npy(path: Path) -> np.ndarray:
     """`np.load` of a plain array (no pickles), C-contiguous, with one-line errors naming the file."""
     if not path.is_file():

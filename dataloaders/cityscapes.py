@@ -23,15 +23,22 @@ IGNORE = -1
 LABEL_SETS = (2, 7, 19)
 
 
-def _labels(array: np.ndarray, path) -> np.ndarray:
+def _labels(array: np.ndarray, path, num_class: int) -> np.ndarray:
+    """An HxW integer (or integral float) map of classes 0..num_class-1, negative = ignore; a one-line
+    DataError naming the file for any other dtype or value (e.g. 255 used as the ignore value)."""
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim != 2:
         raise DataError(f"{path}: expected an HxW label map, got shape {array.shape}")
+    if array.dtype.kind not in "iuf":
+        raise DataError(f"{path}: expected an integer label map, got dtype {array.dtype}")
     if array.dtype.kind == "f":
         array = np.where(np.isfinite(array), np.rint(array), IGNORE)
     labels = array.astype(np.int64)
     labels[labels < 0] = IGNORE
+    if labels.max(initial=IGNORE) >= num_class:
+        raise DataError(f"{path}: label {int(labels.max())} is outside 0..{num_class - 1} of the {num_class}-class "
+                        f"set (the ignore value is {IGNORE})")
     return labels
 
 
@@ -78,6 +85,6 @@ class CityScapes(DenseDataset):
             raise DataError(f"{depth_path}: expected an HxW or HxWx1 depth array, got shape {depth.shape}")
         maps = {"img": bgr, "depth": clean_depth(depth)}
         for n, path in zip(LABEL_SETS, label_paths):
-            maps[f"label{n}"] = _labels(read_npy(path), path)
+            maps[f"label{n}"] = _labels(read_npy(path), path, n)
         maps["seg"] = maps[f"label{self.num_class}"]
         return maps

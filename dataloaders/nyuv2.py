@@ -2,7 +2,7 @@
 
 Root layout: `nyu_v2_3task.json` maps split names (`train`, `test`, ...) to entries
 `[img, seg, normal, depth]` of paths relative to the root: `img/<id>.png` (8-bit RGB), `seg/<id>.png`
-(8-bit grayscale, classes 0..C-1, 255 = unlabelled), `normal_mask/<id>.png` (8-bit RGB,
+(8- or 16-bit grayscale, read unchanged, classes 0..C-1, 255 = unlabelled; anything else is refused), `normal_mask/<id>.png` (8-bit RGB,
 v = (n + 1) * 255 / 2, (255, 255, 255) = invalid), `depth/<id>.npy` (float32 metres, Fortran order is
 fine). Entries may carry two more columns, `keypoint` and `edge` (8-bit grayscale, v -> 2v/255 - 1;
 the synthetic generator writes them); when every entry of the split has them, the dataset also
@@ -20,7 +20,8 @@ import os
 import cv2
 import numpy as np
 
-from .base import DenseDataset, dense_specs, clean_depth, decode_normal_png, decode_unit_png, read_image, read_npy
+from .base import (DenseDataset, clean_depth, decode_normal_png, decode_unit_png, dense_specs, read_image, read_label_png,
+                   read_npy)
 from .errors import DataError
 
 IGNORE = 255
@@ -60,17 +61,17 @@ class NYUv2(DenseDataset):
         entry = self.entries[index]
         img_path, seg_path, normal_path, depth_path = (self.path(p) for p in entry[:4])
         img = read_image(img_path, cv2.IMREAD_COLOR)
-        seg = read_image(seg_path, cv2.IMREAD_GRAYSCALE).astype(np.int64)
+        seg = read_label_png(seg_path).astype(np.int64)      # 8- or 16-bit, values as stored
         bad = (seg >= self.num_classes) & (seg != IGNORE)
         if bad.any():
             raise DataError(f"{seg_path}: label {int(seg[bad][0])} is outside 0..{self.num_classes - 1} "
                             f"and is not the ignore value {IGNORE}")
-        normal = decode_normal_png(read_image(normal_path, cv2.IMREAD_COLOR))
+        normal = decode_normal_png(read_label_png(normal_path, (np.uint8,), channels=3))
         depth = read_npy(depth_path)
         if depth.ndim not in (2, 3) or (depth.ndim == 3 and depth.shape[2] != 1):
             raise DataError(f"{depth_path}: expected an HxW depth array, got shape {depth.shape}")
         maps = {"img": img.astype(np.float32), "seg": seg, "normal": normal, "depth": clean_depth(depth)}
         if self.has_extra:
-            maps["keypoint"] = decode_unit_png(read_image(self.path(entry[4]), cv2.IMREAD_GRAYSCALE))
-            maps["edge"] = decode_unit_png(read_image(self.path(entry[5]), cv2.IMREAD_GRAYSCALE))
+            maps["keypoint"] = decode_unit_png(read_label_png(self.path(entry[4]), (np.uint8,)))
+            maps["edge"] = decode_unit_png(read_label_png(self.path(entry[5]), (np.uint8,)))
         return maps

@@ -9,6 +9,10 @@ Paths: AdaShare stores `<building>/<domain>/<file>`; DiSparse rewrites every pat
 `b/taskonomy/a/rest` (the omnidata download layout). `path_rewrite=True` applies it, False does not,
 None (default) decides from the first entry: the stored path if it exists, else the rewritten one.
 
+Files are read unchanged and checked (a one-line DataError otherwise): segment_semantic 8- or 16-bit
+grayscale with raw labels 0..17, normal 8-bit RGB, depth_zbuffer, keypoints2d and edge_texture 16-bit
+grayscale (an 8-bit file there would decode to nonsense silently).
+
 Decoding (every map first resized to `image_size`, 256x256 by default; labels with nearest neighbour):
 rgb -> BGR 0..255 (resized with area averaging, or nearest with `rgb_interpolation="nearest"` as in
 the original); seg raw r -> class r - 1 (0..16), raw 0 (unlabelled) -> 255 = ignore (the original
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 
 from .transforms import resize_nearest
-from .base import DenseDataset, dense_specs, read_image, read_npy
+from .base import DenseDataset, dense_specs, read_image, read_label_png, read_npy
 from .errors import DataError
 
 IGNORE = 255
@@ -112,28 +116,21 @@ class Taskonomy(DenseDataset):
             interp = cv2.INTER_NEAREST_EXACT if self.rgb_interpolation == "nearest" else (
                 cv2.INTER_AREA if h <= bgr.shape[0] and w <= bgr.shape[1] else cv2.INTER_LINEAR)
             bgr = cv2.resize(bgr, (w, h), interpolation=interp)
-        raw_seg = read_image(seg_p, cv2.IMREAD_UNCHANGED)
-        if raw_seg.ndim == 3:
-            raw_seg = raw_seg[:, :, 0]
+        raw_seg = read_label_png(seg_p)
+        if raw_seg.max() > NUM_SEG_CLASSES:
+            raise DataError(f"{seg_p}: raw label {int(raw_seg.max())} is outside 0..{NUM_SEG_CLASSES} "
+                            f"(0 = unlabelled, 1..{NUM_SEG_CLASSES} = the classes)")
         raw_seg = self._resize_label(raw_seg).astype(np.int64)
         seg = raw_seg - 1
         seg[raw_seg <= 0] = 0 if self.unlabelled_to_class0 else IGNORE
-        normal_bgr = self._resize_label(read_image(normal_p, cv2.IMREAD_COLOR))
+        normal_bgr = self._resize_label(read_label_png(normal_p, (np.uint8,), channels=3))
         normal = normal_bgr[:, :, ::-1].astype(np.float32) * (2.0 / 255.0) - 1.0
-        raw_depth = read_image(depth_p, cv2.IMREAD_UNCHANGED)
-        if raw_depth.ndim == 3:
-            raw_depth = raw_depth[:, :, 0]
-        raw_depth = self._resize_label(raw_depth)
+        raw_depth = self._resize_label(read_label_png(depth_p, (np.uint16,)))
         valid = raw_depth < DEPTH_INVALID_RAW
         depth = np.where(valid, np.log1p(raw_depth.astype(np.float32)) / math.log(2.0 ** 16), 0.0).astype(np.float32)
         if self.mask_normals:
             normal[~valid] = 0.0
-        keypoint = _to_unit(self._single(read_image(key_p, cv2.IMREAD_UNCHANGED)), KEYPOINT_CLIP)
-        edge = _to_unit(self._single(read_image(edge_p, cv2.IMREAD_UNCHANGED)), EDGE_CLIP)
+        keypoint = _to_unit(self._resize_label(read_label_png(key_p, (np.uint16,))), KEYPOINT_CLIP)
+        edge = _to_unit(self._resize_label(read_label_png(edge_p, (np.uint16,))), EDGE_CLIP)
         return {"img": bgr.astype(np.float32), "seg": seg, "normal": normal, "depth": depth,
                 "keypoint": keypoint, "edge": edge}
-
-    def _single(self, array: np.ndarray) -> np.ndarray:
-        if array.ndim == 3:
-            array = array[:, :, 0]
-        return self._resize_label(array)

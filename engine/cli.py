@@ -1,8 +1,9 @@
 """What every command-line tool shares: the common flags, argument types, --progress, clean errors.
 
 Every entry point builds its parser with `base_parser` and ends in `run_main`, so that a user error (a
-`ValueError` subclass such as `ConfigError`, `CheckpointError`, `DataError`, or a missing file) ends as
-one line `error: <message>` on stderr and exit status 2, never as a traceback. The tools' `main(argv)`
+`ValueError` subclass such as `ConfigError`, `CheckpointError`, `DataError`) or an OS failure (a missing
+file, no permission, a full disk: `OSError`, `fileio.WriteError`) ends as one line `error: <message>` on
+stderr and exit status 2, never as a traceback (docs/RELIABILITY.md). The tools' `main(argv)`
 returns 0 on success and, like argparse for a bad flag, raises `SystemExit(2)` on a user error, so
 scripts and tests can call them in-process.
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Callable
 
 from .config import add_config_arguments
+from .distributed import launch_rank
 
 PROGRESS_CHOICES = ("auto", "on", "off")
 SALIENCY_MODES = ("batch_stats", "train", "eval")
@@ -56,6 +59,15 @@ def unit_fraction(value: str) -> float:
     return number
 
 
+def require_positive(flags: dict[str, int | None]) -> None:
+    """One-line ValueError for a count flag given as 0 or less (`require_positive({"--batch_size": 0})`); None
+    means "not given". Checked by the tools before any work, so that a 0 is never read as "unset" and
+    silently replaced by the config's value."""
+    for flag, value in flags.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be positive, got {value}")
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     """A parser with the flags every tool takes (docs/ARCHITECTURE.md contract 6)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
@@ -95,15 +107,42 @@ def add_saliency_arguments(parser: argparse.ArgumentParser, num_batches_default:
                              "(deterministic); train = the original's (dropout on, seeded); eval = running BN stats")
 
 
+PEER_REPORT_GRACE_S = 5.0   # how long a rank other than 0 lets rank 0 report a failure first (see run_main)
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a failure: the first line of the message; an OS error as `path: reason`."""
+    if isinstance(exc, OSError) and type(exc).__str__ is OSError.__str__ and exc.strerror and exc.filename:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def run_main(main: Callable[[], object]) -> int:
-    """Run `main`; 0 on success. A user error prints `error: <one line>` and exits 2; Ctrl-C exits 130."""
+    """Run `main`; 0 on success. A user error or an OS failure (a `ValueError` such as `ConfigError`, or an
+    `OSError` such as a missing file, no permission, a full disk) prints `error: <one line>` and exits 2;
+    Ctrl-C exits 130.
+
+    Under torchrun, rank 0 reports at once. Another rank that fails first waits `PEER_REPORT_GRACE_S`:
+    when rank 0 failed too (the same user error, or the loss of a peer), torchrun stops this rank meanwhile,
+    so the error is printed once, by rank 0, and never after another rank's traceback; when rank 0 is still
+    running, this rank's own error follows, as `error: rank N: ...`.
+    """
+    rank, world = launch_rank()
     try:
         main()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        if rank > 0 and world > 1:
+            time.sleep(PEER_REPORT_GRACE_S)
+        if not isinstance(exc, (ValueError, OSError)):
+            raise
+        prefix = f"rank {rank}: " if rank > 0 and world > 1 else ""
+        print(f"error: {prefix}{error_line(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     return 0

@@ -51,8 +51,9 @@ SCHEMA: dict[str, Any] = {
     "taskonomy.unlabelled": str, "taskonomy.normals_where_depth_invalid": str, "taskonomy.rgb_interpolation": str,
     "synthetic.n_train": int, "synthetic.n_test": int, "synthetic.size": list, "synthetic.seed": int,
     "synthetic.scene_kind": str,
+    "dist.timeout_s": (int, float, type(None)),
 }
-OPTIONAL_SECTIONS = ("synthetic", "taskonomy")
+OPTIONAL_SECTIONS = ("synthetic", "taskonomy", "dist")
 OPTIONAL_KEYS = ("synthetic.scene_kind",)    # may be absent (the generator's default applies)
 CHOICES = {
     "dataset": DATASETS, "train.precision": ("fp32", "bf16", "amp"),
@@ -63,12 +64,13 @@ CHOICES = {
 }
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """A nested config as `{dotted key: value}` (free-form `dict` leaves of the schema stay whole)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and SCHEMA.get(dotted) is not dict:
-            flat.update(_flatten(value, dotted + "."))
+            flat.update(flatten(value, dotted + "."))
         else:
             flat[dotted] = value
     return flat
@@ -91,7 +93,7 @@ def _type_name(types: Any) -> str:
 
 def validate(config: Mapping) -> None:
     """Raise ConfigError (one line, naming the key) for unknown keys, wrong types or inconsistent lists."""
-    flat = _flatten(config)
+    flat = flatten(config)
     for key in flat:
         if key not in SCHEMA:
             raise ConfigError(f"unknown config key {key!r}")
@@ -137,6 +139,32 @@ def validate(config: Mapping) -> None:
             raise ConfigError(f"config key {key!r} must be positive, got {flat[key]}")
     if not 0 < flat["model.width_mult"] <= 4:
         raise ConfigError(f"config key 'model.width_mult' must be in (0, 4], got {flat['model.width_mult']}")
+    timeout = flat.get("dist.timeout_s")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"config key 'dist.timeout_s' must be a positive number of seconds or null, got {timeout}")
+    _check_paper_keep_ratios(flat["pruning.paper_keep_ratios"])
+
+
+def _check_paper_keep_ratios(table: Any) -> None:
+    """`pruning.paper_keep_ratios`: method -> {sparsity in percent: per-task keep ratio in (0, 1]}."""
+    key = "pruning.paper_keep_ratios"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"config key {key!r} must map method names to {{sparsity: keep ratio}} tables, got {table!r}")
+    for method, ratios in table.items():
+        if not isinstance(ratios, Mapping):
+            raise ConfigError(f"config key '{key}.{method}' must map sparsities in percent to keep ratios, "
+                              f"got {ratios!r}")
+        for sparsity, keep in ratios.items():
+            where = f"{key}.{method}.{sparsity}"
+            try:
+                level = float(sparsity)
+            except (TypeError, ValueError):
+                raise ConfigError(f"config key {where!r}: the sparsity must be a number in percent, "
+                                  f"got {sparsity!r}") from None
+            if not 0 < level < 100:
+                raise ConfigError(f"config key {where!r}: the sparsity must be in (0, 100) percent, got {sparsity!r}")
+            if isinstance(keep, bool) or not isinstance(keep, _NUM) or not 0 < keep <= 1:
+                raise ConfigError(f"config key {where!r} must be a keep ratio in (0, 1], got {keep!r}")
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -147,7 +175,12 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if key not in SCHEMA:
         raise ConfigError(f"unknown config key {key!r} in --set {item!r}")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:   # malformed YAML, or a tag such as !!python/object that safe_load refuses
+        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        raise ConfigError(f"--set {key}: the value {raw!r} is not valid YAML ({problem}); quote strings, "
+                          f"write lists as [a, b]") from None
     if SCHEMA[key] is _NUM or SCHEMA[key] == _NUM:
         # YAML reads `1e-4` (no dot) as a string: accept it as the float it plainly means.
         if isinstance(value, str):

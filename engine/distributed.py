@@ -11,14 +11,17 @@ Rules the rest of the engine follows:
 * metrics and validation losses are summed across ranks (`all_reduce_sum`), so every rank ends with
   the same numbers;
 * evaluation shards the test set with `shard_loader` (rank r gets items r, r+W, r+2W, ...) instead of
-  a `DistributedSampler`, which would pad the set with duplicates and bias the metrics.
+  a `DistributedSampler`, which would pad the set with duplicates and bias the metrics;
+* a collective waits at most `dist.timeout_s` seconds (config; default `DEFAULT_TIMEOUT_S` per backend:
+  a few minutes on gloo, longer on nccl, whose first collectives may compile), so a hung rank does not
+  hold the others for torch's 30 minutes.
 """
 from __future__ import annotations
 
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
@@ -26,6 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .runtime import select_device
+
+DEFAULT_TIMEOUT_S = {"gloo": 300.0, "nccl": 600.0}
 
 
 @dataclass
@@ -57,11 +62,24 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
 
 
-def setup_distributed(device_choice: str = "auto", timeout_s: float = 1800.0) -> DistContext:
+def launch_rank() -> tuple[int, int]:
+    """(rank, world size) as torchrun's environment states them; (0, 1) without torchrun. Valid before and
+    after the process group exists (the tools' pre-flight checks and error reports run outside it)."""
+    return _env_int("RANK", 0), max(1, _env_int("WORLD_SIZE", 1))
+
+
+def timeout_setting(config: Mapping[str, Any]) -> float | None:
+    """The config's `dist.timeout_s` (None: the backend's default)."""
+    value = (config.get("dist") or {}).get("timeout_s")
+    return None if value is None else float(value)
+
+
+def setup_distributed(device_choice: str = "auto", timeout_s: float | None = None) -> DistContext:
     """Read the torchrun environment, pick this rank's device and start the process group if W > 1.
 
     Without torchrun (no WORLD_SIZE, or WORLD_SIZE=1) nothing is initialised and the context says
-    rank 0 of 1 on `select_device(device_choice)`.
+    rank 0 of 1 on `select_device(device_choice)`. `timeout_s`: how long a collective waits for the other
+    ranks (None: `DEFAULT_TIMEOUT_S` of the backend).
     """
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -79,9 +97,11 @@ def setup_distributed(device_choice: str = "auto", timeout_s: float = 1800.0) ->
         backend = "nccl"
     else:
         backend = "gloo"
+    if timeout_s is None:
+        timeout_s = DEFAULT_TIMEOUT_S[backend]
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+                                timeout=datetime.timedelta(seconds=float(timeout_s)))
     return DistContext(rank, world, local_rank, device, backend)
 
 

@@ -16,9 +16,11 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, TextIO
 
 import torch
+
+from fileio import os_failure
 
 
 def _plain(value: Any) -> Any:
@@ -59,33 +61,47 @@ def flatten_numbers(record: Mapping[str, Any], prefix: str = "") -> dict[str, fl
 
 
 class RunLogger:
-    """JSON-lines + TensorBoard logger for one run. Use as a context manager or call `close()`."""
+    """JSON-lines + TensorBoard logger for one run. Use as a context manager or call `close()`.
+
+    Nothing is created until the first record: a run that fails before it logs anything leaves no empty
+    `logs/` or `tb/` folder behind. A failed write (a full disk) is a one-line `fileio.WriteError`."""
 
     def __init__(self, dest: str | os.PathLike, name: str, enabled: bool = True, tensorboard: bool = True) -> None:
         self.enabled = enabled
+        self.tensorboard = tensorboard
         self.jsonl_path = Path(dest) / "logs" / f"{name}.jsonl"
         self.tb_dir = Path(dest) / "tb" / name
-        self._file = None
-        self._writer = None
-        if not enabled:
-            return
-        self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.jsonl_path, "a", encoding="utf-8")
-        if tensorboard:
+        self._file: Optional[TextIO] = None
+        self._writer: Any = None
+
+    def _open(self) -> None:
+        try:
+            self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.jsonl_path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise os_failure(self.jsonl_path, exc) from None
+        if self.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self._writer = SummaryWriter(log_dir=str(self.tb_dir))
             except Exception as exc:  # tensorboard missing or broken: JSON lines still work
-                warnings.warn(f"TensorBoard logging disabled ({type(exc).__name__}: {exc})", stacklevel=2)
+                warnings.warn(f"TensorBoard logging disabled ({type(exc).__name__}: {exc})", stacklevel=3)
                 self._writer = None
 
     def log(self, kind: str, iteration: int | None = None, **fields: Any) -> None:
         if not self.enabled:
             return
+        if self._file is None:
+            self._open()
+        assert self._file is not None
         record = {"kind": kind, "iteration": iteration, "time": round(time.time(), 3)}
         record.update(fields)
-        self._file.write(json.dumps(_plain(record)) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(_plain(record)) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            self._discard()
+            raise os_failure(self.jsonl_path, exc) from None
         if self._writer is not None and iteration is not None:
             for key, value in flatten_numbers(fields).items():
                 if math.isfinite(value):
@@ -96,6 +112,15 @@ class RunLogger:
             self._file.flush()
         if self._writer is not None:
             self._writer.flush()
+
+    def _discard(self) -> None:
+        """Drop a log file that cannot be written (its buffered bytes cannot be flushed either)."""
+        try:
+            if self._file is not None:
+                self._file.close()
+        except OSError:
+            pass
+        self._file = None
 
     def close(self) -> None:
         if self._file is not None:

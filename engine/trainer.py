@@ -61,6 +61,7 @@ from .controller import SparsityController
 from .distributed import DistContext, all_gather_object, all_reduce_sum, is_dist, wrap_model
 from .evaluate import autocast, move_batch, preserved_rng, test_loss
 from .logging_utils import RunLogger
+from .resume import ResumeError, check_iterations, resume_notes
 from .runtime import rng_state, set_rng_state
 
 try:
@@ -73,10 +74,6 @@ CKPT_KINDS = ("best", "last", "final")
 
 class NonFiniteError(ValueError):
     """The loss or the weights became NaN/inf; the run stopped and wrote nothing more."""
-
-
-class ResumeError(CheckpointError):
-    """`--resume` could not continue (no `last_` file, or one that does not fit this run)."""
 
 
 def checkpoint_path(dest: str | Path, kind: str, name: str) -> Path:
@@ -293,14 +290,14 @@ class Trainer:
         masks, sparsity = self._masks_and_sparsity()
         extra: dict[str, Any] = dict(iteration=self.iteration, name=self.name,
                                      best_value=self.best_value, best_iteration=self.best_iteration,
-                                     val_split=self.opts.val_split, precision=self.opts.precision)
+                                     val_split=self.opts.val_split, precision=self.opts.precision,
+                                     world_size=self.ctx.world_size)
         extra.update(self.extra_state)
         if self.controller is not None:
             extra["sparsity_state"] = self.controller.state_dict()
         if full:
             extra.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                         data_position=self.stream.position(), seed=self.opts.seed,
-                         world_size=self.ctx.world_size, max_iters=self.opts.max_iters)
+                         data_position=self.stream.position(), seed=self.opts.seed, max_iters=self.opts.max_iters)
             if self.scaler is not None:
                 extra["scaler"] = self.scaler.state_dict()
         return make_checkpoint(self.model.state_dict(), self.config, self.method, masks=masks,
@@ -332,6 +329,12 @@ class Trainer:
         if ckpt.get("method") != self.method:
             raise ResumeError(f"cannot resume from {path}: it was written by method {ckpt.get('method')!r}, "
                               f"this run is {self.method!r}")
+        check_iterations(int(ckpt["iteration"]), self.opts.max_iters, path)
+        if self.ctx.is_main:
+            for note in resume_notes(ckpt.get("config") or {}, self.config, ckpt.get("seed"), self.opts.seed, path):
+                warnings.warn(note, RuntimeWarning, stacklevel=3)
+        if ckpt.get("seed") is not None:           # the data order and per-epoch seeds continue the run's own
+            self.opts.seed = self.stream.seed = int(ckpt["seed"])
         load_model_state(self.model, ckpt["model"], source=str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

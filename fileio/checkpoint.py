@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -25,19 +26,38 @@ class CheckpointError(ValueError):
 
 
 def read_file(path: str | os.PathLike) -> dict:
-    """`torch.load(weights_only=True)` of any checkpoint-like file, with one-line errors."""
+    """`torch.load(weights_only=True)` of any checkpoint-like file, with one-line errors.
+
+    A file that holds Python objects (a pickled class, a function) is refused as "not a safe checkpoint",
+    naming the first such object; it is never loaded another way."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, struct.error,
+    except pickle.UnpicklingError as exc:
+        found = _UNSAFE_GLOBAL.search(str(exc))
+        if found:
+            raise CheckpointError(f"{path} is not a safe checkpoint (contains Python objects: {found.group(1)}); "
+                                  f"only files of tensors, numbers, strings, lists and dicts are read") from None
+        detail = _REFUSAL.search(str(exc))      # torch's text around it suggests an unsafe load: never shown
+        raise _unreadable(path, f"not a torch file: {detail.group(1)}" if detail else "not a torch file") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, struct.error,
             ValueError) as exc:   # whatever a truncated or foreign file makes the unpickler raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({first[:160]})") from None
+        raise _unreadable(path, exc) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict (got {type(data).__name__})")
     return data
+
+
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_REFUSAL = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
+
+
+def _unreadable(path: Path, reason: BaseException | str) -> CheckpointError:
+    text = str(reason).strip()
+    first = text.splitlines()[0] if text else type(reason).__name__
+    return CheckpointError(f"checkpoint {path} is unreadable or truncated ({first[:160]})")
 
 
 def make_checkpoint(model_state: Mapping[str, torch.Tensor], config: Mapping, method: str,
@@ -71,20 +91,55 @@ def load_checkpoint(path: str | os.PathLike, tasks: list[str] | None = None,
     if not is_ours(data):
         raise CheckpointError(f"{path} is not a {FORMAT} file (fileio.load_weights reads the other kinds)")
     check_version(data, path)
+    check_entries(data, path)
     check_tasks(data, tasks, num_classes, path)
     return data
 
 
-def check_version(data: Mapping, path: Any) -> None:
-    if int(data.get("version", 0)) > VERSION:
-        raise CheckpointError(f"{path} has format version {data['version']}, this code reads up to {VERSION}")
+def check_version(data: Mapping, path: Any, kind: str = "format", newest: int = VERSION) -> None:
+    """A one-line error for a `version` that is not an integer or is newer than `newest`."""
+    version = data.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path}: 'version' must be an integer, got {version!r}")
+    if version > newest:
+        raise CheckpointError(f"{path} has {kind} version {version}, this code reads up to {newest}")
 
 
-def check_tasks(data: Mapping, tasks: list[str] | None, num_classes: list[int] | None, path: Any) -> None:
+def check_entries(data: Mapping, path: Any) -> None:
+    """One-line errors for a crafted or damaged file of our format: `model` must map names to tensors,
+    `masks` (when present) names to bool tensors, `tasks` / `num_classes` must be lists of str / int."""
+    model = data.get("model")
+    if not isinstance(model, Mapping):
+        raise CheckpointError(f"checkpoint {path} has no model state ('model' must map names to tensors)")
+    _check_tensors(model, path, "model")
+    masks = data.get("masks")
+    if masks is not None:
+        if not isinstance(masks, Mapping):
+            raise CheckpointError(f"checkpoint {path}: 'masks' must map parameter names to bool tensors, "
+                                  f"got {type(masks).__name__}")
+        _check_tensors(masks, path, "masks", torch.bool)
+    for key, kind in (("tasks", str), ("num_classes", int)):
+        value = data.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool)
+                                                                      for v in value)):
+            raise CheckpointError(f"checkpoint {path}: {key!r} must be a list of {kind.__name__}, got {value!r:.80}")
+
+
+def _check_tensors(entries: Mapping, path: Any, where: str, dtype: torch.dtype | None = None) -> None:
+    for name, value in entries.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"checkpoint {path}: entry {where}[{name!r}] must be a tensor, "
+                                  f"got {type(value).__name__}")
+        if dtype is not None and value.dtype != dtype:
+            raise CheckpointError(f"checkpoint {path}: mask {name!r} must be a bool tensor, got {value.dtype}")
+
+
+def check_tasks(data: Mapping, tasks: list[str] | None, num_classes: list[int] | None, path: Any,
+                what: str = "checkpoint") -> None:
     if tasks is not None and list(data.get("tasks", [])) != list(tasks):
-        raise CheckpointError(f"checkpoint {path} is for tasks {data.get('tasks')}, the config has {list(tasks)}")
+        raise CheckpointError(f"{what} {path} is for tasks {data.get('tasks')}, the config has {list(tasks)}")
     if num_classes is not None and list(data.get("num_classes", [])) != list(num_classes):
-        raise CheckpointError(f"checkpoint {path} has num_classes {data.get('num_classes')}, "
+        raise CheckpointError(f"{what} {path} has num_classes {data.get('num_classes')}, "
                               f"the config has {list(num_classes)}")
 
 

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_save
-from .checkpoint import CheckpointError, read_file, to_plain
+from .checkpoint import CheckpointError, check_version, read_file, to_plain
 
 FORMAT = "disparse-compact"
 VERSION = 1
@@ -227,8 +227,7 @@ def expand_state(data: Mapping[str, Any], source: Any = "compact file") -> tuple
     """(state dict, mask set, meta) from the dict `compact_state` made."""
     if data.get("format") != FORMAT:
         raise CheckpointError(f"{source} is not a {FORMAT} file")
-    if int(data.get("version", 0)) > VERSION:
-        raise CheckpointError(f"{source} has compact format version {data['version']}, this code reads up to {VERSION}")
+    check_version(data, source, "compact format", VERSION)
     try:
         dense, dense_data, sparse, order = data["dense"], data["dense_data"], data["sparse"], data["order"]
         blob = data["blob"].numpy()

@@ -22,18 +22,29 @@ from .atomic import atomic_write_text
 NONFINITE_POLICIES = ("error", "null")
 
 
-def _finite(obj: Any, policy: str, where: str) -> Any:
-    """A copy of `obj` with non-finite floats handled by `policy` (see the module docstring)."""
+def _finite(obj: Any, policy: str, where: str, found: list[str] | None = None) -> Any:
+    """A copy of `obj` with non-finite floats handled by `policy` (see the module docstring); the key paths
+    of the values made null are appended to `found`."""
     if isinstance(obj, float) and not math.isfinite(obj):
         if policy == "null":
+            if found is not None:
+                found.append(where or "(top level)")
             return None
         raise ValueError(f"cannot write {obj} at {where or 'the top level'} as JSON (non-finite numbers are "
                          f"not JSON; write them as null with nonfinite='null')")
     if isinstance(obj, Mapping):
-        return {key: _finite(value, policy, f"{where}.{key}" if where else str(key)) for key, value in obj.items()}
+        return {key: _finite(value, policy, f"{where}.{key}" if where else str(key), found)
+                for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(value, policy, f"{where}[{i}]") for i, value in enumerate(obj)]
+        return [_finite(value, policy, f"{where}[{i}]", found) for i, value in enumerate(obj)]
     return obj
+
+
+def nonfinite_paths(obj: Any) -> list[str]:
+    """The key paths (e.g. `seg.mIoU`) of the NaN / ±inf values in `obj`: what `nonfinite="null"` nulls."""
+    found: list[str] = []
+    _finite(obj, "null", "", found)
+    return found
 
 
 def json_text(obj: Any, nonfinite: str = "error", indent: int | None = 2) -> str:

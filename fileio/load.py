@@ -23,7 +23,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from . import compact
-from .checkpoint import FORMAT, CheckpointError, check_tasks, check_version, is_ours, load_model_state, read_file
+from .checkpoint import (FORMAT, CheckpointError, check_entries, check_tasks, check_version, is_ours, load_model_state,
+                         read_file)
 from .normals import normals_space_of, original_normals_space
 from .original import import_original_state_dict, looks_original
 
@@ -63,22 +64,25 @@ def read_weights(path: str | os.PathLike, tasks: Sequence[str], num_classes: Seq
         tasks, classes = _held_tasks(data, tasks, classes)
     if is_ours(data):
         check_version(data, path)
+        check_entries(data, path)
         check_tasks(data, tasks, classes, path)
-        if not isinstance(data.get("model"), Mapping):
-            raise CheckpointError(f"checkpoint {path} has no model state")
         masks = data.get("masks")
         meta = {k: v for k, v in data.items() if k not in ("model", "masks", "optimizer")}
         return Weights("ours", data["model"], dict(masks) if masks else None, meta,
                        normals_space_of(meta.get("config") or {}))
     if data.get("format") == compact.FORMAT:
-        state, masks, meta = compact.expand_state(data, source=path)
-        check_tasks(meta, tasks, classes, path)
+        source = f"compact export {path}"
+        state, masks, meta = compact.expand_state(data, source=source)
+        check_tasks(meta, tasks, classes, path, "compact export")
         return Weights("compact", state, masks or None, meta, normals_space_of(meta.get("config") or {}))
     state = data["state_dict"] if isinstance(data.get("state_dict"), Mapping) else data
     if not looks_original(state):
         raise CheckpointError(f"{path} is neither a {FORMAT} or {compact.FORMAT} file nor an original DiSparse "
                               f"state dict")
-    ours, masks = import_original_state_dict(state, tasks, model_keys=model_keys)
+    try:
+        ours, masks = import_original_state_dict(state, tasks, model_keys=model_keys)
+    except CheckpointError as exc:
+        raise CheckpointError(f"original checkpoint {path}: {exc}") from None
     return Weights("original", ours, masks, {"method": None, "tasks": tasks}, original_normals_space(dataset, tasks))
 
 
@@ -107,7 +111,8 @@ def install_weights(weights: Weights, path: str | os.PathLike, model: torch.nn.M
     A file whose normals space differs from the config's `loss.normals_space` gets a warning: evaluation
     follows the file, but training it with this config would mix the two spaces.
     """
-    source = f"original checkpoint {path}" if weights.original else f"checkpoint {path}"
+    source = {"original": "original checkpoint", "compact": "compact export"}.get(weights.kind, "checkpoint")
+    source = f"{source} {path}"
     load_model_state(model, weights.state, source=source)
     configured = normals_space_of(config)
     if "sn" in config.get("tasks", ()) and weights.normals_space != configured:

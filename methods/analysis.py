@@ -25,6 +25,7 @@ from prune_utils.masks import masks_to, sparsity
 from prune_utils.plots import iou_bar_plot, similarity_heatmap
 from prune_utils.structure import TaskStructure
 
+from .outputs import claim_outputs
 from .pipeline import OpenedNet, open_net
 from .scoring import score_fresh_net, score_net
 
@@ -56,10 +57,10 @@ def pruned_net(opened: OpenedNet, path: str) -> tuple[torch.nn.Module, dict[str,
     return opened.model, masks_to(masks, "cpu")
 
 
-def channel_iou_analysis(channels: Mapping[str, Any], path: str, config: Mapping, dest: str | Path,
+def channel_iou_analysis(channels: Mapping[str, Any], path: str, config: Mapping, stem: Path,
                          plot: bool = True) -> dict:
     """Per-layer IoU of the tasks' own channel choices over the shared channel groups of a channel-pruned
-    net (its `channels` report): writes {dest}/{dataset}_channel_iou.json/.csv(/.png), prints a table."""
+    net (its `channels` report): writes {stem}.json/.csv(/.png), prints a table."""
     per_task, structure = channel_task_masks(channels)
     if len(per_task) < 2:
         raise ValueError(f"{path} holds no per-task channel choices of two or more tasks (method "
@@ -73,7 +74,7 @@ def channel_iou_analysis(channels: Mapping[str, Any], path: str, config: Mapping
     title = (f"Channel IoU on Tasks Across Backbone Groups: {config['dataset']} ({len(per_task)} tasks, "
              f"{channels.get('method')} {channels.get('importance')}, {100 * target.get('removed', 0):g}% "
              f"{target.get('kind', '')} removed, from {Path(path).name})")
-    return write_iou(report, record, Path(dest) / f"{config['dataset']}_channel_iou", title if plot else None)
+    return write_iou(report, record, stem, title if plot else None)
 
 
 def write_iou(report: I.IoUReport, record: dict, stem: Path, title: Optional[str]) -> dict:
@@ -99,20 +100,31 @@ def iou_analysis(config: Mapping, scoring: Scoring, dest: str | Path, *, keep_ra
     A fresh net (default) keeps, per task, `keep_ratio` of its pool (default `pruning.iou_keep_ratio`), or
     the keep ratio at which the arbiter's combined mask has `ratio` % sparsity; a pruned checkpoint
     (`from_ckpt`) keeps, per task, the top `keep_ratio` of the weights the checkpoint kept in its pool. A
-    channel-pruned checkpoint gets the channel-level analysis instead (`channel_iou_analysis`).
+    channel-pruned checkpoint gets the channel-level analysis instead (`channel_iou_analysis`,
+    {dest}/{dataset}_channel_iou.*). `dest` is checked and the outputs locked before any scoring
+    (`methods.outputs.claim_outputs`).
     """
-    tasks = list(config["tasks"])
-    if len(tasks) < 2:
-        raise ValueError(f"IoU analysis needs at least two tasks, the config has {tasks}")
+    if len(config["tasks"]) < 2:
+        raise ValueError(f"IoU analysis needs at least two tasks, the config has {list(config['tasks'])}")
     if from_ckpt and ratio is not None:
         raise ValueError("--ratio cannot be combined with --from (the checkpoint already fixes the sparsity); "
                          "use --keep-ratio")
     opened = open_net(from_ckpt, config, scoring.device) if from_ckpt else None
-    if opened is not None and "channels" in opened.weights.meta:
-        if keep_ratio is not None:
-            raise ValueError("--keep-ratio does not apply to a channel-pruned checkpoint (its tasks' channel choices "
-                             "are in the file)")
-        return channel_iou_analysis(opened.weights.meta["channels"], from_ckpt, config, dest, plot)
+    channels = opened.weights.meta.get("channels") if opened is not None else None
+    if channels is not None and keep_ratio is not None:
+        raise ValueError("--keep-ratio does not apply to a channel-pruned checkpoint (its tasks' channel choices "
+                         "are in the file)")
+    stem = Path(dest) / f"{config['dataset']}_{'channel_iou' if channels is not None else 'iou'}"
+    with claim_outputs(dest, stem.name, [stem.with_suffix(suffix) for suffix in (".json", ".csv", ".png")]):
+        if channels is not None:
+            return channel_iou_analysis(channels, str(from_ckpt), config, stem, plot)
+        return _iou_analysis(config, scoring, stem, keep_ratio=keep_ratio, ratio=ratio, opened=opened,
+                             from_ckpt=from_ckpt, plot=plot)
+
+
+def _iou_analysis(config: Mapping, scoring: Scoring, stem: Path, *, keep_ratio: Optional[float],
+                  ratio: Optional[float], opened: Optional[OpenedNet], from_ckpt: Optional[str], plot: bool) -> dict:
+    tasks = list(config["tasks"])
     structure = structure_of_config(config)
     meta: dict[str, Any] = {"dataset": config["dataset"], "tasks": tasks, "num_batches": scoring.num_batches,
                             "batch_size": scoring.batch_size, "seed": scoring.seed, "saliency_mode": scoring.mode,
@@ -120,8 +132,8 @@ def iou_analysis(config: Mapping, scoring: Scoring, dest: str | Path, *, keep_ra
     keep = keep_ratio if keep_ratio is not None else float(config["pruning"]["iou_keep_ratio"])
     common = dict(seed=scoring.seed, num_batches=scoring.num_batches, method=scoring.method,
                   batch_size=scoring.batch_size, device=scoring.device, progress=scoring.progress, mode=scoring.mode)
-    if from_ckpt:
-        model, kept = pruned_net(opened, from_ckpt)
+    if opened is not None:
+        model, kept = pruned_net(opened, str(from_ckpt))
         seed_everything(scoring.seed)
         print(f"scoring checkpoint {from_ckpt} (sparsity {100 * sparsity(kept):.2f}%) per task with "
               f"{scoring.method} saliency over {scoring.num_batches} batch(es) on {scoring.device}")
@@ -153,8 +165,7 @@ def iou_analysis(config: Mapping, scoring: Scoring, dest: str | Path, *, keep_ra
     title = (f"IoU on Tasks Across Backbone Layers: {config['dataset']} ({len(tasks)} tasks, {level}, "
              f"{scoring.num_batches} batch(es), {meta['saliency']}"
              + (f", from {Path(from_ckpt).name}" if from_ckpt else "") + ")")
-    return write_iou(report, {**meta, **report.as_dict()}, Path(dest) / f"{config['dataset']}_iou",
-                     title if plot else None)
+    return write_iou(report, {**meta, **report.as_dict()}, stem, title if plot else None)
 
 
 def similarity_study(config: Mapping, scoring: Scoring, *, sparsities: Sequence[float], keep_ratio_mode: str,

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from engine.controller import SparsityController
 from engine.distributed import DistContext
-from engine.trainer import Trainer, TrainOptions, TrainResult, checkpoint_path
+from engine.trainer import CKPT_KINDS, Trainer, TrainOptions, TrainResult, checkpoint_path
 from fileio import CheckpointError
 from prune_utils.masks import MaskSet
 
@@ -66,7 +66,18 @@ class RunFiles:
 
     @property
     def metrics(self) -> Path:
-        return self.dest / f"metrics_{self.name}.json"
+        """The metrics of the default evaluation (test split, standard metrics): `metrics_{name}.json`."""
+        return self.metrics_for()
+
+    def metrics_for(self, split: str = "test", compat: str = "standard") -> Path:
+        """`metrics_{name}[_{split}][_adashare].json`: each split and metric definition has its own file, so
+        an evaluation of another kind never replaces the default one (contract 8)."""
+        suffix = ("" if split == "test" else f"_{split}") + ("" if compat == "standard" else f"_{compat}")
+        return self.dest / f"metrics_{self.name}{suffix}.json"
+
+    def logs(self) -> list[Path]:
+        """The run log and TensorBoard folder `engine.logging_utils.RunLogger` writes for this name."""
+        return [self.dest / "logs" / f"{self.name}.jsonl", self.dest / "tb" / self.name]
 
     def derived(self, suffix: str) -> "RunFiles":
         """The files of a sub-run (e.g. an LTH round): `{name}{suffix}`."""
@@ -138,6 +149,7 @@ class PruneResult:
     info: dict[str, Any] = field(default_factory=dict)
     model: Optional[nn.Module] = None
     entries: dict[str, Any] = field(default_factory=dict)
+    reads_data: bool = True               # the scores read training batches (False: data-free, e.g. magnitude)
 
 
 class Method:
@@ -176,6 +188,14 @@ class Method:
     def start_file(self, files: RunFiles, from_path: Optional[str]) -> Optional[Path]:
         """The file training starts from (checked to exist), or None for a fresh net."""
         return None
+
+    def trainer_runs(self, files: RunFiles, config: Mapping) -> list[RunFiles]:
+        """The names of every `Trainer` run of one training (LTH: one per round)."""
+        return [files]
+
+    def training_files(self, files: RunFiles, config: Mapping) -> list[Path]:
+        """Every checkpoint a training run writes: what `--resume` continues and `--overwrite` replaces."""
+        return [run.checkpoint(kind) for run in self.trainer_runs(files, config) for kind in CKPT_KINDS]
 
     def start(self, run: TrainingRun) -> Optional[SparsityController]:
         """Prepare `run.model` (load the start file into it, or replace it by the net the file describes)

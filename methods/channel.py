@@ -25,13 +25,15 @@ from torch import nn
 from engine.config import loss_weights, restrict_tasks
 from fileio import CheckpointError
 from prune_utils.channel_groups import channel_groups
+from prune_utils.channel_importance import get_channel_importance
 from prune_utils.channel_pruning import (CHECKPOINT_KEYS, ChannelPruneResult, extract_tasks, get_channel_method,
                                          method_importance, prune_channels, score_for_method)
 from prune_utils.structure import TaskStructure
 
 from .base import PruneRequest, PruneResult, RunFiles, TrainingRun
 from .oneshot import OneShotPruning
-from .pipeline import open_net, write_pruned_net
+from .outputs import claim_outputs
+from .pipeline import open_net, pruned_outputs, write_pruned_net
 
 
 def mac_input_size(config: Mapping) -> tuple[int, int]:
@@ -39,10 +41,10 @@ def mac_input_size(config: Mapping) -> tuple[int, int]:
     return int(config["data"]["crop_h"]), int(config["data"]["crop_w"])
 
 
-def as_prune_result(pruned: ChannelPruneResult, importance: Optional[str]) -> PruneResult:
+def as_prune_result(pruned: ChannelPruneResult, importance: Optional[str], reads_data: bool = False) -> PruneResult:
     """A smaller dense net as the registry's result: no masks, the net itself, its checkpoint entries."""
     return PruneResult(masks=None, sparsity=0.0, keep_ratio=None, saliency=importance or "", model=pruned.model,
-                       entries=pruned.checkpoint_fields())
+                       entries=pruned.checkpoint_fields(), reads_data=reads_data)
 
 
 class ChannelPruning(OneShotPruning):
@@ -90,7 +92,8 @@ class ChannelPruning(OneShotPruning):
         pruned = prune_channels(model, scores, method=self.name, arbiter=request.arbiter,
                                 macs_removed=request.macs_removed, params_removed=request.params_removed,
                                 input_size=mac_input_size(config), importance=importance, groups=groups)
-        return as_prune_result(pruned, importance)
+        return as_prune_result(pruned, importance, reads_data=scores is not None
+                               and get_channel_importance(importance).needs_data)
 
     def extract(self, net: nn.Module, entries: Mapping[str, Any], tasks: Sequence[str],
                 config: Mapping) -> tuple[PruneResult, dict]:
@@ -129,9 +132,10 @@ def extract_file(method: ChannelPruning, path: str | Path, tasks: Sequence[str],
                  device: Any = "cpu", extra: Optional[Mapping[str, Any]] = None) -> Path:
     """The net in `path` (channel-pruned, trained or not, or dense) extracted for `tasks`, written as
     `{dest}/{file stem}_{T1-T2}.pth` and recorded under the file's own method."""
-    opened = open_net(path, config, device)
     source = Path(path)
-    stem = source.name[:-4] if source.name.endswith(".pth") else source.stem
-    return write_extracted(method, RunFiles(Path(dest), stem), opened.model, opened.weights.meta, tasks,
-                           opened.config, opened.weights.meta.get("method") or method.name,
-                           {**(extra or {}), "source": str(source)})
+    files = RunFiles(Path(dest), source.name[:-4] if source.name.endswith(".pth") else source.stem)
+    extracted = files.derived(f"_{'-'.join(tasks)}")
+    with claim_outputs(extracted.dest, extracted.name, pruned_outputs(extracted, False)):
+        opened = open_net(path, config, device)
+        return write_extracted(method, files, opened.model, opened.weights.meta, tasks, opened.config,
+                               opened.weights.meta.get("method") or method.name, {**(extra or {}), "source": str(source)})

@@ -19,6 +19,7 @@ file, so `--resume` continues the whole procedure. `--stop-after N` applies to e
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
@@ -43,6 +44,16 @@ class IterativeMagnitudePruning(Method):
     def round_files(self, files: RunFiles, r: int, rounds: int) -> RunFiles:
         return files if r == rounds else files.derived(f"_round{r}")
 
+    def rewind_path(self, files: RunFiles) -> Path:
+        return files.dest / f"rewind_{files.name}.pth"
+
+    def trainer_runs(self, files: RunFiles, config: Mapping) -> list[RunFiles]:
+        rounds = int(config["lth"]["rounds"])
+        return [self.round_files(files, r, rounds) for r in range(rounds + 1)]
+
+    def training_files(self, files: RunFiles, config: Mapping) -> list[Path]:
+        return super().training_files(files, config) + [self.rewind_path(files)]
+
     def train(self, run: TrainingRun) -> TrainResult:
         """Run (or resume) the whole procedure; returns the last round's `TrainResult`."""
         config, model, ctx, files = run.config, run.model, run.ctx, run.files
@@ -53,7 +64,7 @@ class IterativeMagnitudePruning(Method):
         if not 0 <= rewind_iter <= iters:
             raise ValueError(f"config key 'lth.rewind_iter' must be in [0, lth.iters_per_round={iters}], "
                              f"got {rewind_iter}")
-        rewind_path = files.dest / f"rewind_{files.name}.pth"
+        rewind_path = self.rewind_path(files)
         prunable = TaskStructure.from_model(model).params          # every prunable weight, in layer order
         counts = keep_schedule(sum(prunable_parameters(model)[n].numel() for n in prunable), run.ratio, rounds)
         options = self.train_options(config, max_iters=iters, val_split=run.val_split, seed=run.seed,

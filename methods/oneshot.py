@@ -99,7 +99,8 @@ class OneShotPruning(Method):
         else:
             masks = masks_for_keep_ratio(scores, request.keep_ratio, request.arbiter, structure=structure)
         masks = {name: mask.clone() for name, mask in masks.items()}
-        return PruneResult(masks=masks, sparsity=sparsity(masks), keep_ratio=keep_ratio, saliency=saliency, info=info)
+        return PruneResult(masks=masks, sparsity=sparsity(masks), keep_ratio=keep_ratio, saliency=saliency, info=info,
+                           reads_data=data is not None)
 
     # ---------------------------------------------------------------- launch_training.py
     def train_options(self, config: Mapping, **common: Any) -> TrainOptions:

@@ -3,6 +3,7 @@ evaluating any weight file, writing a pruned net with its report, printing and w
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -14,25 +15,26 @@ from torch.utils.data import DataLoader
 
 from dataloaders import build_loader
 from engine.config import restrict_tasks
-from engine.distributed import DistContext, barrier, cleanup, setup_distributed
+from engine.distributed import DistContext, barrier, cleanup, setup_distributed, timeout_setting
 from engine.evaluate import evaluate
 from engine.latency import measure_latency
 from engine.metrics import format_table
 from fileio import (CheckpointError, Weights, atomic_save, atomic_write_json, compact, install_weights, load_weights,
-                    make_checkpoint, read_weights)
+                    make_checkpoint, nonfinite_paths, read_json, read_weights)
 from models import build_model
 from prune_utils import report
 from prune_utils.channel_pruning import channel_summary, format_channel_summary
 from prune_utils.masks import apply_masks, check_masks, prunable_parameters, sparsity as mask_sparsity
 
-from .base import PruneResult, RunFiles
+from .base import PruneRequest, PruneResult, RunFiles
 
 
 @contextlib.contextmanager
-def distributed_session(device_choice: str) -> Iterator[DistContext]:
-    """`setup_distributed` (a no-op without torchrun) around a block. On success every rank meets at a
-    barrier before the process group goes; on failure the group is torn down at once (a peer may be gone)."""
-    ctx = setup_distributed(device_choice)
+def distributed_session(device_choice: str, config: Optional[Mapping] = None) -> Iterator[DistContext]:
+    """`setup_distributed` (a no-op without torchrun) around a block, collectives timing out after the
+    config's `dist.timeout_s`. On success every rank meets at a barrier before the process group goes; on
+    failure the group is torn down at once (a peer may be gone)."""
+    ctx = setup_distributed(device_choice, timeout_setting(config) if config is not None else None)
     try:
         yield ctx
     except BaseException:
@@ -52,6 +54,18 @@ def train_loader_rank0_first(config: Mapping, ctx: DistContext, *, seed: int,
     if not ctx.is_main:
         loader = build_loader(config, "train", batch_size=batch_size, seed=seed, distributed=ctx.distributed)
     return loader
+
+
+def pruned_outputs(files: RunFiles, export_compact: bool) -> list[Path]:
+    """The files `write_pruned_net` writes: the pruned net, its report and, when asked, the compact export."""
+    return [files.pruned, files.sibling("_report.csv"), files.sibling("_report.json")] + (
+        [files.sibling(".compact.pth")] if export_compact else [])
+
+
+def scored_batches(result: PruneResult, request: PruneRequest, ctx: DistContext) -> int:
+    """How many batches the scoring saw over all ranks (each rank scores its own `num_batches`; 0 for the
+    data-free saliencies), recorded in the pruned net beside the world size."""
+    return request.num_batches * ctx.world_size if result.reads_data else 0
 
 
 def zero_fraction(model: nn.Module) -> float:
@@ -107,7 +121,11 @@ def open_net(path: str | Path, config: Mapping, device: torch.device | str = "cp
     except ValueError as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}") from None
     install_weights(weights, path, model, config)
-    return OpenedNet(model, weights, _apply_file_masks(model, weights), config)
+    try:
+        sparsity = _apply_file_masks(model, weights)
+    except ValueError as exc:                    # masks that do not fit the weights
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
+    return OpenedNet(model, weights, sparsity, config)
 
 
 def evaluate_split(model: nn.Module, config: Mapping, split: str, device: torch.device, *,
@@ -137,10 +155,49 @@ def net_cost(model: nn.Module, config: Mapping, meta: Mapping[str, Any], latency
     return cost
 
 
-def report_metrics(metrics: Mapping[str, Any], path: Path) -> None:
-    """Print the metrics table and write the metrics JSON (an undefined metric is written as null)."""
+def metrics_provenance(split: str, compat: str, checkpoint: str | Path) -> dict[str, str]:
+    """What a metrics file records about its making, beside the metrics (contract 8)."""
+    return {"split": split, "metrics_compat": compat, "checkpoint": str(checkpoint)}
+
+
+def check_metrics_target(path: Path, split: str, compat: str) -> None:
+    """Refuse, before evaluating, to replace a metrics file of another split or metric definition (a file
+    renamed by hand, or written before names told the kinds apart and recording its kind)."""
+    if not path.is_file():
+        return
+    try:
+        old = read_json(path, "metrics file", dict)
+    except ValueError:
+        return                                   # not a metrics file we can read: replaced as before
+    kind = {"split": split, "metrics_compat": compat}
+    if any(key in old and old[key] != value for key, value in kind.items()):
+        raise ValueError(f"{path} holds metrics of split {old.get('split')!r} ({old.get('metrics_compat')} "
+                         f"metrics); refusing to replace them with split {split!r} ({compat} metrics): move it, or "
+                         f"pass another --dest")
+
+
+def check_baseline_kind(baseline: Mapping[str, Any], path: str | Path, split: str, compat: str) -> None:
+    """`--baseline-metrics` must come from the same split and metric definitions (Δm compares like with like);
+    a file that does not record them (an older one) is used with a warning."""
+    recorded = {key: baseline.get(key) for key in ("split", "metrics_compat")}
+    if None in recorded.values():
+        warnings.warn(f"baseline metrics file {path} does not record its split and metric definitions; assuming "
+                      f"split {split!r} and {compat} metrics", RuntimeWarning, stacklevel=2)
+    if recorded["split"] not in (None, split) or recorded["metrics_compat"] not in (None, compat):
+        raise ValueError(f"baseline metrics file {path} was measured on split {recorded['split']!r} with "
+                         f"{recorded['metrics_compat']} metrics, this evaluation is split {split!r} with {compat} "
+                         f"metrics: delta_m needs the same kind")
+
+
+def report_metrics(metrics: Mapping[str, Any], path: Path, provenance: Mapping[str, str]) -> None:
+    """Print the metrics table and write the metrics JSON with its `provenance` (an undefined metric is
+    written as null, with a warning naming it)."""
     print(format_table(metrics))
-    atomic_write_json(path, metrics, nonfinite="null")
+    undefined = nonfinite_paths(metrics)
+    if undefined:
+        warnings.warn(f"undefined metric(s) {', '.join(undefined)} (NaN) written as null to {path}", RuntimeWarning,
+                      stacklevel=2)
+    atomic_write_json(path, {**metrics, **provenance}, nonfinite="null")
 
 
 def write_pruned_net(files: RunFiles, model: nn.Module, config: Mapping, method: str, result: PruneResult,

@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -375,8 +376,8 @@ def load_scores(path: str | os.PathLike, key: Mapping[str, Any] | None = None) -
                 return None
             return {t: {name: torch.from_numpy(np.array(data[f"{t}|{name}"])) for name in names}
                     for t, names in meta["order"].items()}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError, EOFError):
-        return None
+    except (OSError, ValueError, KeyError, json.JSONDecodeError, EOFError, zipfile.BadZipFile):
+        return None                      # a truncated or foreign file (BadZipFile) is recomputed like a missing one
 
 
 def cached_scores(config: Mapping, *, seed: int, num_batches: int, method: str, batch_size: int,

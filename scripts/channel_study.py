@@ -81,8 +81,7 @@ def train(pipe: Pipeline, method: str, *flags: str) -> None:
     name = BASELINE if method == "baseline" else f"synthetic_{method}_{flags[flags.index('--ratio') + 1]}"
     if (pipe.dest / f"final_{name}.pth").is_file():
         return
-    resume = ["--resume"] if (pipe.dest / f"last_{name}.pth").is_file() else []
-    pipe.train(method, *flags, *resume)
+    pipe.train(method, *flags, resume=(pipe.dest / f"last_{name}.pth").is_file())
 
 
 def evaluate_final(pipe: Pipeline, method: str, name: str, *flags: str) -> None:

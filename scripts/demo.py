@@ -96,9 +96,11 @@ class Pipeline:
             for future in [pool.submit(chain) for chain in chains]:
                 future.result()
 
-    def train(self, method: str, *flags: str) -> None:
+    def train(self, method: str, *flags: str, resume: bool = False) -> None:
+        """Train from scratch, replacing an earlier run of the name (the demo re-runs into one folder), or
+        continue an interrupted one (`resume`)."""
         self.run(f"train {method}", "launch_training.py", "--method", method, "--dest", str(self.dest),
-                 "--no-final-eval", *self.iters, *flags)
+                 "--no-final-eval", "--resume" if resume else "--overwrite", *self.iters, *flags)
 
     def evaluate(self, method: str, *flags: str) -> None:
         self.run(f"evaluate {method}", "eval_pruned_net.py", "--method", method, "--dest", str(self.dest), *flags)

@@ -94,8 +94,9 @@ def write_nyuv2_root(fx: Mapping, root: Path) -> Path:
 
 
 def write_cityscapes_root(fx: Mapping, root: Path) -> Path:
-    """AdaShare's formatted Cityscapes (.npy per map, cityscape.json); every label set holds the fixture's
-    seg target, so whichever `num_classes` picks gives it back."""
+    """AdaShare's formatted Cityscapes (.npy per map, cityscape.json); every label set large enough holds the
+    fixture's seg target, so whichever `num_classes` fits it gives it back; smaller sets hold it modulo their
+    size (the loader checks every set's range)."""
     entries = []
     root.mkdir(parents=True, exist_ok=True)
     for i in range(fx["target_seg"].shape[0]):
@@ -103,8 +104,9 @@ def write_cityscapes_root(fx: Mapping, root: Path) -> Path:
         rel = [f"{i}_{k}.npy" for k in ("img", "depth", "label2", "label7", "label19")]
         np.save(root / rel[0], np.zeros((h, w, 3), np.float32))
         np.save(root / rel[1], fx["target_depth"][i, 0].numpy()[..., None].astype(np.float32))
-        for name in rel[2:]:
-            np.save(root / name, fx["target_seg"][i, 0].numpy().astype(np.int32))
+        seg = fx["target_seg"][i, 0].numpy().astype(np.int32)
+        for n, name in zip((2, 7, 19), rel[2:]):
+            np.save(root / name, seg if seg.max() < n else np.where(seg < 0, -1, seg % n).astype(np.int32))
         entries.append(rel)
     (root / "cityscape.json").write_text(json.dumps({"test": entries}))
     return root

@@ -132,6 +132,7 @@ def test_cli_disparse_pt_prunes_the_given_dense_net(synthetic_root, synthetic_ov
     (["--method", "disparse_pt"], "dense checkpoint not found"),
     (["--method", "snip", "--paper-keep-ratios"], "--paper-keep-ratios applies to disparse_static and disparse_pt"),
     (["--method", "snip", "--num_batches", "0"], "--num_batches must be positive"),
+    (["--method", "snip", "--batch-size", "0"], "--batch_size must be positive, got 0"),     # issue 12 item 12
 ])
 def test_cli_bad_input_is_one_line(synthetic_root, cli_sets, tmp_path, args, message):
     proc = _run("--dataset", "synthetic", "--data-root", str(synthetic_root), *cli_sets, "--dest",

@@ -83,7 +83,7 @@ def test_eval_original_format_sparse_net_on_real_nyuv2_samples(nyuv2_samples, tm
                               "--method", "disparse_static", "--ratio", "75", "--model-path", str(tmp_path)])
     out = capsys.readouterr().out
     assert "original-format" in out and "Angle Median" in out and "encoded space" in out
-    metrics = json.loads((tmp_path / "metrics_nyuv2_disparse_static_75.json").read_text())
+    metrics = json.loads((tmp_path / "metrics_nyuv2_disparse_static_75_adashare.json").read_text())
     for task, keys in NYU_KEYS.items():
         assert set(metrics[task]) == keys
     # the same net's outputs on the test image, scored as the original scores an original net's outputs
@@ -124,9 +124,11 @@ def test_eval_names_sparsity_and_delta_m(synthetic_root, tmp_path):
     seed_everything(0)
     dense = build_model(config)
     atomic_save(make_checkpoint(dense.state_dict(), config, "baseline"), tmp_path / "best_synthetic_baseline.pth")
-    eval_pruned_net.main(args + ["--method", "baseline", "--dest", str(tmp_path)])
-    base = json.loads((tmp_path / "metrics_synthetic_baseline.json").read_text())
-    assert set(base) == {"seg", "sn", "depth", "sparsity", "cost"} and base["sparsity"] == 0.0
+    eval_pruned_net.main(args + ["--method", "baseline", "--dest", str(tmp_path), "--compat", "adashare"])
+    base = json.loads((tmp_path / "metrics_synthetic_baseline_adashare.json").read_text())
+    assert set(base) == {"seg", "sn", "depth", "sparsity", "cost", "split", "metrics_compat", "checkpoint"}
+    assert base["sparsity"] == 0.0 and (base["split"], base["metrics_compat"]) == ("test", "adashare")
+    assert base["checkpoint"] == str(tmp_path / "best_synthetic_baseline.pth")
     assert base["cost"]["params"] == sum(p.numel() for p in dense.parameters())
     assert base["cost"]["latency_ms"] > 0 and "macs_removed" not in base["cost"]
 
@@ -141,14 +143,14 @@ def test_eval_names_sparsity_and_delta_m(synthetic_root, tmp_path):
                 tmp_path / "final_synthetic_snip_50.pth")
     eval_pruned_net.main(args + ["--checkpoint", str(tmp_path / "final_synthetic_snip_50.pth"),
                                  "--baseline-metrics", str(tmp_path / "reference.json"), "--compat", "adashare"])
-    sparse = json.loads((tmp_path / "metrics_final_synthetic_snip_50.json").read_text())
+    sparse = json.loads((tmp_path / "metrics_final_synthetic_snip_50_adashare.json").read_text())
     assert sparse["sparsity"] == pytest.approx(sparsity(masks))
     assert sparse["delta_m_definition"] == "task_mean"
     assert sparse["delta_m"] == pytest.approx(delta_m(sparse, reference, "task_mean"))
     eval_pruned_net.main(args + ["--checkpoint", str(tmp_path / "final_synthetic_snip_50.pth"), "--compat", "adashare",
                                  "--baseline-metrics", str(tmp_path / "reference.json"),
                                  "--set", "eval.delta_m_definition=metric_mean"])
-    flat = json.loads((tmp_path / "metrics_final_synthetic_snip_50.json").read_text())
+    flat = json.loads((tmp_path / "metrics_final_synthetic_snip_50_adashare.json").read_text())
     assert flat["delta_m_definition"] == "metric_mean"
     assert flat["delta_m"] == pytest.approx(delta_m(sparse, reference, "metric_mean"))
     assert flat["delta_m"] != pytest.approx(sparse["delta_m"])

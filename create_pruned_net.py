@@ -58,7 +58,7 @@ def run(args) -> None:
     from engine.runtime import seed_everything
     from fileio import load_weights
     from methods.base import PruneRequest
-    from methods.pipeline import distributed_session, train_loader_rank0_first, write_pruned_net
+    from methods.pipeline import distributed_session, scoring_batches_rank0_first, write_pruned_net
     from methods.registry import get_method, paper_keep_ratio
     from models import build_model
 
@@ -75,13 +75,16 @@ def run(args) -> None:
                            scoring_mode=args.saliency_mode)
     with distributed_session(args.device) as ctx:
         seed_everything(args.seed)
+        batches = None        # made before the net: its loader workers are forked while the process is small
+        if method.reads_data(config, request):
+            batches = scoring_batches_rank0_first(config, ctx, seed=args.seed, num_batches=request.num_batches,
+                                                  batch_size=args.batch_size or config["pruning"]["batch_size"])
         model = build_model(config, ctx.device)   # same init on every rank (same seed)
         if source is not None:
             load_weights(source, model, config)
-        loader = train_loader_rank0_first(config, ctx, seed=args.seed,
-                                          batch_size=args.batch_size or config["pruning"]["batch_size"])
         start = time.perf_counter()
-        result = method.prune(model, config, request, loader, losses.build_loss(config, loader.dataset), ctx.device,
+        result = method.prune(model, config, request, batches,
+                              losses.build_loss(config, batches.dataset if batches else None), ctx.device,
                               torch.Generator().manual_seed(args.seed),
                               progress=progress_setting(args.progress) if ctx.is_main else False)
         elapsed = time.perf_counter() - start

@@ -22,7 +22,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from . import compact
-from .checkpoint import FORMAT, CheckpointError, check_tasks, check_version, is_ours, load_model_state, read_file
+from .checkpoint import (FORMAT, CheckpointError, check_tasks, check_version, is_ours, load_model_state, read_file,
+                         unpack_masks)
 from .normals import normals_space_of, original_normals_space
 from .original import import_original_state_dict, looks_original
 
@@ -61,10 +62,9 @@ def read_weights(path: str | os.PathLike, tasks: Sequence[str], num_classes: Seq
         check_tasks(data, tasks, classes, path)
         if not isinstance(data.get("model"), Mapping):
             raise CheckpointError(f"checkpoint {path} has no model state")
-        masks = data.get("masks")
+        masks = unpack_masks(data, path)
         meta = {k: v for k, v in data.items() if k not in ("model", "masks", "optimizer")}
-        return Weights("ours", data["model"], dict(masks) if masks else None, meta,
-                       normals_space_of(meta.get("config") or {}))
+        return Weights("ours", data["model"], masks or None, meta, normals_space_of(meta.get("config") or {}))
     if data.get("format") == compact.FORMAT:
         state, masks, meta = compact.expand_state(data, source=path)
         check_tasks(meta, tasks, classes, path)

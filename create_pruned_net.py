@@ -14,12 +14,11 @@ counts). The methods (methods/oneshot.py):
 """
 from __future__ import annotations
 
-import sys
 import time
 from typing import Sequence
 
-from engine.cli import (add_progress_argument, add_saliency_arguments, base_parser, percent, progress_setting,
-                        run_main, unit_fraction)
+from engine.cli import (add_progress_argument, add_saliency_arguments, base_parser, exit_process, percent,
+                        progress_setting, run_main, unit_fraction)
 from engine.config import config_from_args
 from methods.registry import METHODS, pruning_methods
 
@@ -109,4 +108,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -16,7 +16,7 @@ Cases `BATCHES:CROP` (default 1:321 2:321 50:65): 1 and 2 batches at the paper's
 50 batches at a small crop so a run takes minutes on a CPU (the fork penalty depends on the process's
 memory, i.e. the net, not on the crop; a smaller crop only makes it weigh more against the compute).
 
-Scoring = from the start of `create_pruned_net.main` (config, data, net, probe copy, batches) to the return
+Scoring = from the start of `create_pruned_net.py`'s `__main__` (config, data, net, probe copy, batches) to the return
 of `compute_scores`; wall time, system time and minor page faults of the process and its reaped children
 (the loader workers), per batch. Ratios `default / num_workers=0` are taken per round and summarised as
 median [min-max]. Finish = from the return of `OneShotPruning.prune` (masks made) to the end of the
@@ -68,10 +68,13 @@ def timed(owner: object, attr: str, marks: dict, end_mark: str | None = None) ->
 
 
 def child_run(args: argparse.Namespace) -> None:
-    """One create_pruned_net.py run, instrumented; prints a JSON line just before the interpreter exits."""
+    """`python create_pruned_net.py ...` of the checkout under test, as its `__main__` runs it, instrumented;
+    the marks are printed as one JSON line by an atexit handler (the last one to run, before the
+    interpreter's own teardown, which the parent's exit time includes)."""
+    import atexit
+    import runpy
     sys.path.insert(0, args.code_dir)          # the checkout under test, ahead of this one
     import torch  # noqa: F401  (imports before the start mark: they are the same for every variant)
-    import create_pruned_net
     import methods.oneshot as oneshot
     import methods.pipeline as pipeline
     marks: dict = {}
@@ -79,26 +82,25 @@ def child_run(args: argparse.Namespace) -> None:
     timed(oneshot.OneShotPruning, "prune", marks, "pruned")
     for owner, attr in ((pipeline, "apply_masks"), (pipeline, "atomic_save"), (pipeline.report, "build_report")):
         timed(owner, attr, marks)
-    argv = ["--dataset", "nyuv2", "--data-root", args.data_root, "--num_batches", str(args.batches),
-            "--batch-size", "2", "--ratio", "90", "--dest", args.dest, "--progress", "off",
-            "--set", f"data.crop_h={args.crop}", "--set", f"data.crop_w={args.crop}"]
+
+    def report_marks() -> None:
+        mark(marks, "main_end")
+        print(json.dumps(marks), flush=True)
+
+    atexit.register(report_marks)
+    sys.argv = ["create_pruned_net.py", "--dataset", "nyuv2", "--device", args.device, "--data-root", args.data_root,
+                "--num_batches",
+                str(args.batches), "--batch-size", "2", "--ratio", "90", "--dest", args.dest, "--progress", "off",
+                "--set", f"data.crop_h={args.crop}", "--set", f"data.crop_w={args.crop}"]
     if args.workers != "default":
-        argv += ["--set", f"data.num_workers={args.workers}"]
+        sys.argv += ["--set", f"data.num_workers={args.workers}"]
     mark(marks, "start")
-    with open(os.devnull, "w") as quiet:
-        stdout, sys.stdout = sys.stdout, quiet
-        try:
-            code = create_pruned_net.main(argv)
-        finally:
-            sys.stdout = stdout
-    if code:
-        raise SystemExit(f"create_pruned_net.py failed with status {code}")
-    mark(marks, "main_end")
-    print(json.dumps(marks), flush=True)
+    runpy.run_path(str(Path(args.code_dir) / "create_pruned_net.py"), run_name="__main__")
 
 
 def child_dense_save(args: argparse.Namespace) -> None:
-    """Write the full net's dense checkpoint and exit: the I/O floor of the finish."""
+    """Write the full net's dense checkpoint and end the process as the tools do: the I/O floor of the finish."""
+    from engine.cli import exit_process
     from engine.config import load_config
     from fileio import atomic_save, make_checkpoint
     from models import build_model
@@ -109,12 +111,14 @@ def child_dense_save(args: argparse.Namespace) -> None:
     atomic_save(make_checkpoint(state, config, "baseline"), Path(args.dest) / "dense.pth")
     mark(marks, "main_end")
     print(json.dumps(marks), flush=True)
+    exit_process(0)
 
 
-def launch(code: Path, child: list[str]) -> dict:
+def launch(code: Path, child: list[str], threads: int) -> dict:
     """Run this script as a child against the checkout `code`; its marks plus `exit` (when it had ended)."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads > 0 else {})}
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), *child, "--code-dir", str(code)], cwd=code,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     ended = time.time()
     if proc.returncode:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -139,6 +143,10 @@ def main() -> None:
     parser.add_argument("--data-root", default=str(SAMPLES), help="NYUv2-layout data (default: the NYUv2 samples)")
     parser.add_argument("--code", default=None, metavar="DIR", help="also run the checkout at DIR, side by side")
     parser.add_argument("--tmpdir", default=None, help="where the checkpoints are written (default: system temp)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="create_pruned_net.py --device (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads of the runs (OMP_NUM_THREADS; default: 0 = torch's default)")
     parser.add_argument("--child", choices=("run", "dense_save"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workers", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--batches", type=int, default=1, help=argparse.SUPPRESS)
@@ -166,23 +174,25 @@ def main() -> None:
                 dest = Path(folder) / f"{prefix.strip(': ')}{workers}"
                 dest.mkdir(exist_ok=True)
                 if case is None:
-                    marks = launch(ROOT, ["--child", "dense_save", "--dest", str(dest)])
+                    marks = launch(ROOT, ["--child", "dense_save", "--dest", str(dest)], args.threads)
                     sizes["dense"] = (dest / "dense.pth").stat().st_size
                 else:
                     batches, crop = case
                     marks = launch(codes[prefix], ["--child", "run", "--workers", workers, "--batches",
-                                                   str(batches), "--crop", str(crop), "--dest", str(dest)])
+                                                   str(batches), "--crop", str(crop), "--dest", str(dest),
+                                                   "--device", args.device, "--data-root", args.data_root],
+                                   args.threads)
                     sizes[prefix] = (dest / "nyuv2_disparse_static_90.pth").stat().st_size
                 runs.setdefault((case, prefix, workers), []).append(marks)
                 print(f"round {r + 1}: {case} {prefix}{workers} done", file=sys.stderr, flush=True)
-    report(cases, variants, runs, sizes)
+    print_report(cases, variants, runs, sizes)
 
 
 def label(prefix: str, workers: str) -> str:
     return prefix + ("default config" if workers == "default" else "num_workers=0")
 
 
-def report(cases, variants, runs, sizes) -> None:
+def print_report(cases, variants, runs, sizes) -> None:
     rows = []
     for batches, crop in cases:
         for prefix, workers in variants:
@@ -196,7 +206,7 @@ def report(cases, variants, runs, sizes) -> None:
                          "-" if workers == "0" else summary(ratio["t"]),
                          "-" if workers == "0" else summary(ratio["sys"]),
                          "-" if workers == "0" else summary(ratio["minflt"])])
-    print_table("Scoring per batch (start of create_pruned_net.main to the end of compute_scores), batch 2",
+    print_table("Scoring per batch (start of create_pruned_net.py to the end of compute_scores), batch 2",
                 ["case", "variant", "wall s", "system s", "minor faults", "wall / num_workers=0",
                  "system / num_workers=0", "faults / num_workers=0"], rows)
     rows = []

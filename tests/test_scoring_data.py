@@ -59,19 +59,20 @@ def test_scoring_batches_keep_drop_last(synthetic_root, synthetic_overrides):
     assert _equal([_tensors(b) for b in batches], _plain_epochs(config, 5, 3))
 
 
-@pytest.mark.parametrize("configured,batches,expected", [(4, 1, 0), (4, 2, 1), (4, 3, 2), (4, 50, 4), (0, 50, 0)])
-def test_scoring_workers_never_exceed_the_batches_that_can_overlap(configured, batches, expected):
+@pytest.mark.parametrize("configured,batches,expected", [(4, 1, 0), (4, 2, 0), (4, 3, 1), (4, 5, 2), (4, 8, 3),
+                                                         (4, 9, 4), (4, 50, 4), (0, 50, 0)])
+def test_each_scoring_worker_has_two_batches_to_overlap(configured, batches, expected):
     assert scoring_workers(configured, batches) == expected
 
 
 def test_workers_start_at_once_and_stop_after_the_last_batch(synthetic_root, synthetic_overrides):
     config = _config(synthetic_root, synthetic_overrides)
     before = set(multiprocessing.active_children())
-    batches = build_scoring_batches(config, num_batches=4, batch_size=3, seed=5, num_workers=2)
+    batches = build_scoring_batches(config, num_batches=5, batch_size=3, seed=5, num_workers=2)
     assert len(set(multiprocessing.active_children()) - before) == 2          # forked when made, not when read
-    assert len(batches) == 4
-    taken = [next(batches) for _ in range(4)]
-    assert len(taken) == 4 and len(batches) == 0
+    assert len(batches) == 5
+    taken = [next(batches) for _ in range(5)]
+    assert len(taken) == 5 and len(batches) == 0
     assert not set(multiprocessing.active_children()) - before                # gone once the last batch is out
     with pytest.raises(StopIteration):
         next(batches)

@@ -23,12 +23,11 @@ pruning). --tasks T1,T2 (channel methods) also writes the net extracted for thos
 """
 from __future__ import annotations
 
-import sys
 import time
 from typing import Sequence
 
-from engine.cli import (add_progress_argument, add_saliency_arguments, base_parser, percent, progress_setting,
-                        require_positive, run_main, unit_fraction)
+from engine.cli import (add_progress_argument, add_saliency_arguments, base_parser, exit_process, percent,
+                        progress_setting, require_positive, run_main, unit_fraction)
 from engine.config import config_from_args
 from methods.registry import METHODS, pruning_methods
 
@@ -82,7 +81,7 @@ def run(args) -> None:
     from methods.channel import extract_file, write_extracted
     from methods.outputs import claim_outputs
     from methods.pipeline import (distributed_session, open_net, pruned_outputs, scored_batches,
-                                  train_loader_rank0_first, write_pruned_net)
+                                  scoring_batches_rank0_first, write_pruned_net)
     from methods.registry import get_method, paper_keep_ratio
     from models import build_model
 
@@ -119,13 +118,16 @@ def run(args) -> None:
         outputs += pruned_outputs(files.derived(f"_{'-'.join(tasks)}"), False)
     with claim_outputs(files.dest, files.name, outputs), distributed_session(args.device, config) as ctx:
         seed_everything(args.seed)
+        batches = None        # made before the net: its loader workers are forked while the process is small
+        if method.reads_data(config, request):
+            batches = scoring_batches_rank0_first(config, ctx, seed=args.seed, num_batches=request.num_batches,
+                                                  batch_size=args.batch_size or config["pruning"]["batch_size"])
         # same init on every rank (same seed); a file's own architecture when it has one
         model = (open_net(source, config, ctx.device, allow_extracted=False).model if source
                  else build_model(config, ctx.device))
-        loader = train_loader_rank0_first(config, ctx, seed=args.seed,
-                                          batch_size=args.batch_size or config["pruning"]["batch_size"])
         start = time.perf_counter()
-        result = method.prune(model, config, request, loader, losses.build_loss(config, loader.dataset), ctx.device,
+        result = method.prune(model, config, request, batches,
+                              losses.build_loss(config, batches.dataset if batches else None), ctx.device,
                               torch.Generator().manual_seed(args.seed),
                               progress=progress_setting(args.progress) if ctx.is_main else False)
         elapsed = time.perf_counter() - start
@@ -159,4 +161,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -18,7 +18,9 @@ SCRIPTS = {
     "masks": "bench_masks.py",
     "train_step": "bench_train_step.py",
     "checkpoint_size": "bench_checkpoint_size.py",
+    "pruning_run": "bench_pruning_run.py",
 }
+ALWAYS_FULL = {"pruning_run"}     # runs the full net as the tool does: takes no --full
 
 
 def run(name: str, flags: list[str]) -> tuple[int, str, float]:
@@ -46,9 +48,10 @@ def main() -> None:
                         help="run only these benchmarks (default: all)")
     parser.add_argument("--out", default=None, help="also write all tables to this Markdown file")
     args = parser.parse_args()
-    flags = ["--device", args.device, "--threads", str(args.threads)] + (["--full"] if args.full else [])
     outputs, failed = [], []
     for name in args.only:
+        flags = ["--device", args.device, "--threads", str(args.threads)]
+        flags += ["--full"] if args.full and name not in ALWAYS_FULL else []
         code, text, seconds = run(name, flags)
         outputs.append(f"<!-- bench/{SCRIPTS[name]} {' '.join(flags)}: {seconds:.0f} s -->\n{text}")
         print(f"[{name}: {'ok' if code == 0 else f'failed, exit {code}'}, {seconds:.0f} s]\n", flush=True)

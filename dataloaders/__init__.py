@@ -4,6 +4,8 @@ synthetic indoor scenes in the NYUv2 layout. See docs/CONVENTIONS.md for the ite
     build_dataset(config, split, train=None) -> dataset
     build_loader(config, split, *, batch_size=None, shuffle=None, seed=0, distributed=False,
                  drop_last=None, num_workers=None) -> torch.utils.data.DataLoader
+    build_scoring_batches(config, split="train", *, num_batches, batch_size=None, seed=0, distributed=False,
+                          num_workers=None) -> ScoringBatches   # one started pass of a few batches (scoring)
     set_epoch(loader, epoch)             # or loader.sampler.set_epoch(epoch)
     ensure_synthetic(config) -> Path     # generate the synthetic set into data_root if absent
 
@@ -19,8 +21,9 @@ _EXPORTS = {
     "AugParams": "transforms", "MapSpec": "transforms", "apply_params": "transforms", "augment": "transforms",
     "draw_params": "transforms",
     "IMG_MEAN_BGR": "base", "DenseDataset": "base",
-    "DATASET_NAMES": "build", "SeededDistributedSampler": "build", "SeededSampler": "build",
-    "build_dataset": "build", "build_loader": "build", "collate": "build", "seed_worker": "build",
+    "DATASET_NAMES": "build", "EpochSpanningBatchSampler": "build", "ScoringBatches": "build",
+    "SeededDistributedSampler": "build", "SeededSampler": "build", "build_dataset": "build", "build_loader": "build",
+    "build_scoring_batches": "build", "collate": "build", "scoring_workers": "build", "seed_worker": "build",
     "set_epoch": "build",
     "CityScapes": "cityscapes", "DataError": "errors", "NYUv2": "nyuv2", "Taskonomy": "taskonomy",
     "ensure_synthetic": "synthetic", "generate_synthetic": "synthetic",

@@ -4,6 +4,11 @@ A checkpoint is `torch.save` of a dict that `torch.load(..., weights_only=True)`
 numbers, strings, lists and dicts only. Pruned weights are stored as zeros in `model` and the mask
 set rides beside them, so a dense loader can read a sparse checkpoint and get the pruned network.
 Files are written with `fileio.atomic.atomic_save`; `fileio.load.load_weights` reads any file kind.
+
+Masks, by format version: 2 (written now) stores each as `{"shape": [...], "bits": uint8 tensor}`, one
+bit per weight (`fileio.bits.pack_mask`), so a pruned checkpoint is about 1.03x a dense one; 1 stored
+bool tensors, one byte per weight (1.25x). Both are read; `load_checkpoint` and `fileio.load_weights`
+return bool tensors whatever the version (`unpack_masks`).
 """
 from __future__ import annotations
 
@@ -17,8 +22,11 @@ from typing import Any, Mapping
 
 import torch
 
+from .bits import pack_mask, unpack_mask
+
 FORMAT = "disparse-checkpoint"
-VERSION = 1
+VERSION = 2
+BOOL_MASKS_VERSION = 1          # the last version whose masks are bool tensors
 
 
 class CheckpointError(ValueError):
@@ -75,9 +83,31 @@ def make_checkpoint(model_state: Mapping[str, torch.Tensor], config: Mapping, me
         "sparsity": float(sparsity),
     }
     if masks is not None:
-        ckpt["masks"] = {k: v.detach().to("cpu", torch.bool) for k, v in masks.items()}
+        ckpt["masks"] = {k: pack_mask(v.to(torch.bool)) for k, v in masks.items()}
     ckpt.update(extra)
     return ckpt
+
+
+def unpack_masks(data: Mapping, path: Any) -> dict[str, torch.Tensor] | None:
+    """The mask set of one of our checkpoints as bool tensors (None when it has none), from either layout."""
+    stored = data.get("masks")
+    if stored is None:
+        return None
+    if not isinstance(stored, Mapping):
+        raise CheckpointError(f"checkpoint {path} has masks of type {type(stored).__name__}, expected a dict")
+    packed = int(data.get("version", 0)) > BOOL_MASKS_VERSION
+    masks = {}
+    for name, entry in stored.items():
+        if packed:
+            try:
+                masks[name] = unpack_mask(entry)
+            except ValueError as exc:
+                raise CheckpointError(f"checkpoint {path}: mask {name!r} is malformed ({exc})") from None
+        elif torch.is_tensor(entry):
+            masks[name] = entry.to(torch.bool)
+        else:
+            raise CheckpointError(f"checkpoint {path}: mask {name!r} of a version-1 file is not a tensor")
+    return masks
 
 
 def is_ours(data: Mapping) -> bool:
@@ -86,13 +116,15 @@ def is_ours(data: Mapping) -> bool:
 
 def load_checkpoint(path: str | os.PathLike, tasks: list[str] | None = None,
                     num_classes: list[int] | None = None) -> dict:
-    """Read one of our checkpoints and check it fits the configured tasks and classes."""
+    """Read one of our checkpoints and check it fits the configured tasks and classes; masks as bool tensors."""
     data = read_file(path)
     if not is_ours(data):
         raise CheckpointError(f"{path} is not a {FORMAT} file (fileio.load_weights reads the other kinds)")
     check_version(data, path)
     check_entries(data, path)
     check_tasks(data, tasks, num_classes, path)
+    if "masks" in data:
+        data["masks"] = unpack_masks(data, path)
     return data
 
 
@@ -107,7 +139,8 @@ def check_version(data: Mapping, path: Any, kind: str = "format", newest: int = 
 
 def check_entries(data: Mapping, path: Any) -> None:
     """One-line errors for a crafted or damaged file of our format: `model` must map names to tensors,
-    `masks` (when present) names to bool tensors, `tasks` / `num_classes` must be lists of str / int."""
+    `masks` (when present) names to masks (bool tensors in a version-1 file; the bit-packed entries of later
+    versions are checked by `unpack_masks`), `tasks` / `num_classes` must be lists of str / int."""
     model = data.get("model")
     if not isinstance(model, Mapping):
         raise CheckpointError(f"checkpoint {path} has no model state ('model' must map names to tensors)")
@@ -115,9 +148,10 @@ def check_entries(data: Mapping, path: Any) -> None:
     masks = data.get("masks")
     if masks is not None:
         if not isinstance(masks, Mapping):
-            raise CheckpointError(f"checkpoint {path}: 'masks' must map parameter names to bool tensors, "
+            raise CheckpointError(f"checkpoint {path}: 'masks' must map parameter names to masks, "
                                   f"got {type(masks).__name__}")
-        _check_tensors(masks, path, "masks", torch.bool)
+        if int(data.get("version", 0)) <= BOOL_MASKS_VERSION:
+            _check_tensors(masks, path, "masks", torch.bool)
     for key, kind in (("tasks", str), ("num_classes", int)):
         value = data.get(key)
         if value is not None and not (isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool)

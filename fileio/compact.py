@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_save
+from .bits import pack_bits, unpack_bits
 from .checkpoint import CheckpointError, check_version, read_file, to_plain
 
 FORMAT = "disparse-compact"
@@ -80,18 +81,6 @@ def inflate(stream: np.ndarray) -> np.ndarray:
         return np.frombuffer(zlib.decompress(stream.tobytes()), dtype=np.uint8)
     except zlib.error as exc:
         raise CheckpointError(f"compact file holds a corrupt stream ({exc})") from None
-
-
-def pack_bits(flags: torch.Tensor) -> np.ndarray:
-    """Bool tensor -> uint8 array of its row-major bits (8 per byte, first element in the high bit)."""
-    return np.packbits(flags.detach().reshape(-1).cpu().numpy().astype(np.bool_))
-
-
-def unpack_bits(packed: np.ndarray, count: int) -> torch.Tensor:
-    """Inverse of `pack_bits`: the first `count` bits as a 1-D bool tensor."""
-    if packed.size * 8 < count:
-        raise CheckpointError(f"compact file: a bit stream holds {packed.size * 8} bits, {count} expected")
-    return torch.from_numpy(np.unpackbits(packed, count=count).astype(np.bool_))
 
 
 def _byte_columns(values: torch.Tensor) -> np.ndarray:

@@ -24,7 +24,7 @@ import torch
 
 from . import compact
 from .checkpoint import (FORMAT, CheckpointError, check_entries, check_tasks, check_version, is_ours, load_model_state,
-                         read_file)
+                         read_file, unpack_masks)
 from .normals import normals_space_of, original_normals_space
 from .original import import_original_state_dict, looks_original
 
@@ -66,10 +66,9 @@ def read_weights(path: str | os.PathLike, tasks: Sequence[str], num_classes: Seq
         check_version(data, path)
         check_entries(data, path)
         check_tasks(data, tasks, classes, path)
-        masks = data.get("masks")
+        masks = unpack_masks(data, path)
         meta = {k: v for k, v in data.items() if k not in ("model", "masks", "optimizer")}
-        return Weights("ours", data["model"], dict(masks) if masks else None, meta,
-                       normals_space_of(meta.get("config") or {}))
+        return Weights("ours", data["model"], masks or None, meta, normals_space_of(meta.get("config") or {}))
     if data.get("format") == compact.FORMAT:
         source = f"compact export {path}"
         state, masks, meta = compact.expand_state(data, source=source)

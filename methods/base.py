@@ -229,6 +229,10 @@ class Method:
             raise ValueError(f"--macs-ratio / --params-ratio apply to the channel-pruning methods, not {self.name} "
                              f"(use --ratio R for its sparsity)")
 
+    def reads_data(self, config: Mapping, request: PruneRequest) -> bool:
+        """Whether `prune` reads training batches (the tool then makes them before the net)."""
+        return True
+
     def dense_source(self, dest: str | Path, dataset: str, from_path: Optional[str]) -> Optional[Path]:
         """The trained net create_pruned_net.py prunes (checked to exist), or None for a fresh net."""
         return require_file(Path(from_path), "dense checkpoint") if from_path else None

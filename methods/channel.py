@@ -76,6 +76,11 @@ class ChannelPruning(OneShotPruning):
     def paper_keep_ratio(self, config: Mapping, ratio_percent: float) -> float:
         raise ValueError(f"--paper-keep-ratios does not apply to {self.name} (give --macs-ratio or --params-ratio)")
 
+    def reads_data(self, config: Mapping, request: PruneRequest) -> bool:
+        """Uniform thinning and group magnitude need no batches; the gradient importances do."""
+        return (self.channel_method.selection != "uniform"
+                and get_channel_importance(self.importance(request)).needs_data)
+
     def prune(self, model: nn.Module, config: Mapping, request: PruneRequest, batches: Any, loss_fn: Any,
               device: torch.device, generator: torch.Generator, progress: Optional[bool] = None,
               structure: Optional[TaskStructure] = None) -> PruneResult:

@@ -66,6 +66,10 @@ class OneShotPruning(Method):
                             f" (train one with launch_training.py --dataset {dataset} --method {self.pretrained.name} "
                             f"--dest {dest}, or pass --from PATH)")
 
+    def reads_data(self, config: Mapping, request: PruneRequest) -> bool:
+        """Gradient saliencies read batches; magnitude and random scores do not."""
+        return getattr(get_saliency(request.saliency or self.default_saliency(config)), "needs_data", True)
+
     def paper_keep_ratio(self, config: Mapping, ratio_percent: float) -> float:
         """The original's hand-tuned per-task keep ratio (docs/ORIGINAL.md §5.3); (100 − r)/100 off the table."""
         if not self.per_task:
@@ -82,7 +86,7 @@ class OneShotPruning(Method):
         """Score `model` as `request` says and return the mask set (the model itself is not modified)."""
         saliency = request.saliency or self.default_saliency(config)
         weights = None if self.per_task else loss_weights(config)
-        data = batches if getattr(get_saliency(saliency), "needs_data", True) else None
+        data = batches if self.reads_data(config, request) else None
         scores = compute_scores(model, data, loss_fn, list(config["tasks"]), method=saliency,
                                 num_batches=request.num_batches, device=device, generator=generator,
                                 task_agnostic_weights=weights, mode=request.scoring_mode, progress=progress,

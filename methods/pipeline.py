@@ -6,14 +6,14 @@ import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dataloaders import build_loader
+from dataloaders import ScoringBatches, build_loader, build_scoring_batches
 from engine.config import restrict_tasks
 from engine.distributed import DistContext, barrier, cleanup, setup_distributed, timeout_setting
 from engine.evaluate import evaluate
@@ -27,6 +27,8 @@ from prune_utils.channel_pruning import channel_summary, format_channel_summary
 from prune_utils.masks import apply_masks, check_masks, prunable_parameters, sparsity as mask_sparsity
 
 from .base import PruneRequest, PruneResult, RunFiles
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -44,16 +46,27 @@ def distributed_session(device_choice: str, config: Optional[Mapping] = None) ->
     cleanup()
 
 
+def rank0_first(ctx: DistContext, build: Callable[[], T]) -> T:
+    """`build()` on rank 0 first, then on the other ranks: the synthetic set is generated on first use, only once."""
+    built = build() if ctx.is_main else None
+    barrier()
+    return built if ctx.is_main else build()
+
+
 def train_loader_rank0_first(config: Mapping, ctx: DistContext, *, seed: int,
                              batch_size: Optional[int] = None) -> DataLoader:
-    """The training loader, built by rank 0 first: the synthetic set is generated on first use, only once."""
-    loader = None
-    if ctx.is_main:
-        loader = build_loader(config, "train", batch_size=batch_size, seed=seed, distributed=ctx.distributed)
-    barrier()
-    if not ctx.is_main:
-        loader = build_loader(config, "train", batch_size=batch_size, seed=seed, distributed=ctx.distributed)
-    return loader
+    """The training loader, built by rank 0 first."""
+    return rank0_first(ctx, lambda: build_loader(config, "train", batch_size=batch_size, seed=seed,
+                                                 distributed=ctx.distributed))
+
+
+def scoring_batches_rank0_first(config: Mapping, ctx: DistContext, *, seed: int, num_batches: int,
+                                batch_size: Optional[int] = None) -> ScoringBatches:
+    """The training batches of one scoring pass (`dataloaders.build_scoring_batches`: workers start now and
+    once), built by rank 0 first. Call it before building the net that is scored."""
+    return rank0_first(ctx, lambda: build_scoring_batches(config, "train", num_batches=num_batches,
+                                                          batch_size=batch_size, seed=seed,
+                                                          distributed=ctx.distributed))
 
 
 def pruned_outputs(files: RunFiles, export_compact: bool) -> list[Path]:

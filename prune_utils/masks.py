@@ -58,11 +58,12 @@ def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
 
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Zero the pruned weights in place (`masked_fill_`, not a product: +0.0 everywhere, and an inf or NaN
-    at a pruned position cannot survive as NaN)."""
+    """Zero the pruned weights in place (a select, not a product: +0.0 everywhere, and an inf or NaN at a
+    pruned position cannot survive as NaN; one pass, where `masked_fill_(~mask, 0)` needs the inverted mask)."""
     for name, weight in prunable_parameters(model).items():
         if name in masks:
-            weight.masked_fill_(~masks[name].to(device=weight.device, dtype=torch.bool), 0.0)
+            zero = torch.zeros((), dtype=weight.dtype, device=weight.device)
+            torch.where(masks[name].to(device=weight.device, dtype=torch.bool), weight, zero, out=weight)
 
 
 def masks_to(masks: Mapping[str, torch.Tensor], device: torch.device | str) -> MaskSet:

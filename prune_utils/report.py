@@ -9,13 +9,16 @@
   linear MACs = output elements × in_features. The "kept" MACs multiply each layer's dense count by its
   density (kept / total): this assumes the unstructured sparsity is exploited by the kernel, which dense
   PyTorch kernels do not do. Bias additions, BN, activations and pooling are not counted.
-  FLOPs ≈ 2 × MACs. By default the forward runs on the `meta` device (shapes only, no memory, no time).
+  FLOPs ≈ 2 × MACs. By default the forward runs on an empty batch (`input_size` with 0 samples) on the
+  model's own device: the kernels work out every output shape and compute nothing. (The `meta` device
+  would do the same through Python decompositions, whose first use imports torch._dynamo: seconds.)
 * `build_report`, `format_table`, `write_csv`, `write_json` put it together.
 """
 from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from typing import Any, Mapping, Sequence
 
@@ -48,12 +51,15 @@ def layer_rows(masks: Mapping[str, torch.Tensor], model: nn.Module | None = None
         structure = structure or TaskStructure.from_names(names)
     rows = []
     for name in names:
-        mask = masks[name]
-        total = mask.numel()
-        kept = int(mask.count_nonzero())
-        rows.append({"name": name, "owner": structure.part(name), "shape": list(mask.shape), "total": total,
+        total, kept = _total_and_kept(masks[name])
+        rows.append({"name": name, "owner": structure.part(name), "shape": list(masks[name].shape), "total": total,
                      "kept": kept, "sparsity": _sparsity(kept, total)})
     return rows
+
+
+def _total_and_kept(mask: torch.Tensor) -> tuple[int, int]:
+    """(total, kept) of one mask: the one pass over its elements a report makes."""
+    return mask.numel(), int(mask.count_nonzero())
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -76,24 +82,32 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def param_counts(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
     """Learnable parameter counts: total, prunable (Conv/Linear weights), other (biases, BN), and kept."""
+    kept = {n: _total_and_kept(m)[1] for n, m in masks.items()} if masks is not None else None
+    return _param_counts(model, kept)
+
+
+def _param_counts(model: nn.Module, kept: Mapping[str, int] | None) -> dict[str, int]:
+    """`param_counts` from the kept count of each masked weight (a weight without one counts as dense)."""
     model = unwrap(model)
     prunable = prunable_parameters(model)
     total = sum(p.numel() for p in model.parameters())
     n_prunable = sum(w.numel() for w in prunable.values())
-    kept_prunable = (sum(int(masks[n].count_nonzero()) if n in masks else w.numel() for n, w in prunable.items())
-                     if masks is not None else n_prunable)
+    kept_prunable = (sum(kept.get(n, w.numel()) for n, w in prunable.items()) if kept is not None else n_prunable)
     return {"total": total, "prunable": n_prunable, "other": total - n_prunable,
             "prunable_kept": kept_prunable, "kept": total - n_prunable + kept_prunable}
 
 
-def _layer_macs(model: nn.Module, input_size: Sequence[int], device: str | torch.device) -> dict[str, int]:
-    """Dense MACs per Conv2d/Linear module (by weight name) for one forward of `input_size`."""
+def _layer_macs(model: nn.Module, input_size: Sequence[int], device: str | torch.device | None) -> dict[str, int]:
+    """Dense MACs per sample per Conv2d/Linear module (by weight name) for a forward of `input_size`.
+
+    `device=None`: an empty batch on the model's device (shapes only); "meta": the meta device; else a
+    real forward there."""
     macs: dict[str, int] = {}
     handles = []
 
     def hook(name: str):
         def record(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            per_sample = output.numel() // max(1, output.shape[0]) if output.dim() > 1 else output.numel()
+            per_sample = math.prod(output.shape[1:]) if output.dim() > 1 else output.numel()
             if isinstance(module, nn.Conv2d):
                 fan = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
             else:
@@ -108,12 +122,14 @@ def _layer_macs(model: nn.Module, input_size: Sequence[int], device: str | torch
     model.eval()
     try:
         with torch.no_grad():
-            x = torch.zeros(tuple(input_size), device=device)
-            if torch.device(device).type == "meta":
+            if device is None:
+                model(torch.zeros((0, *input_size[1:]), device=next(model.parameters()).device))
+            elif torch.device(device).type == "meta":
+                x = torch.zeros(tuple(input_size), device=device)
                 state = {k: torch.empty_like(v, device="meta") for k, v in model.state_dict(keep_vars=True).items()}
                 torch.func.functional_call(model, state, (x,))
             else:
-                model(x)
+                model(torch.zeros(tuple(input_size), device=device))
     finally:
         for handle in handles:
             handle.remove()
@@ -122,27 +138,37 @@ def _layer_macs(model: nn.Module, input_size: Sequence[int], device: str | torch
 
 
 def mac_counts(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None,
-               input_size: Sequence[int] = (1, 3, 321, 321), device: str | torch.device = "meta",
+               input_size: Sequence[int] = (1, 3, 321, 321), device: str | torch.device | None = None,
                structure: TaskStructure | None = None) -> dict[str, Any]:
     """{"layers": {name: {dense, kept}}, "parts": {part: {dense, kept}}, "dense", "kept", "input_size"}.
 
-    Counted for a batch of one (`input_size[0]` only sets the dummy batch). `device="meta"` infers the
-    shapes without computing; pass a real device for modules the meta device does not support.
+    Counted for a batch of one (`input_size[0]` only sets the batch of a real forward). `device=None`
+    runs an empty batch on the model's device (no arithmetic), falling back to the meta device for a
+    model that refuses empty batches; "meta" or a real device runs there.
     """
+    fractions = None
+    if masks is not None:
+        fractions = {n: _total_and_kept(m) for n, m in masks.items()}
+    return _mac_counts(model, fractions, input_size, device, structure)
+
+
+def _mac_counts(model: nn.Module, fractions: Mapping[str, tuple[int, int]] | None, input_size: Sequence[int],
+                device: str | torch.device | None, structure: TaskStructure | None) -> dict[str, Any]:
+    """`mac_counts` from (total, kept) per masked weight."""
     model = unwrap(model)
     structure = structure or TaskStructure.from_model(model)
     try:
         dense = _layer_macs(model, input_size, device)
     except (NotImplementedError, RuntimeError):
-        if torch.device(device).type != "meta":
+        if device is not None:
             raise
-        dense = _layer_macs(model, input_size, next(model.parameters()).device)
+        dense = _layer_macs(model, input_size, "meta")
     layers: dict[str, dict[str, float]] = {}
     parts: dict[str, dict[str, float]] = {}
     for name, count in dense.items():
-        if masks is not None and name in masks:
-            mask = masks[name]
-            density = int(mask.count_nonzero()) / mask.numel() if mask.numel() else 0.0
+        if fractions is not None and name in fractions:
+            total, kept_weights = fractions[name]
+            density = kept_weights / total if total else 0.0
         else:
             density = 1.0
         kept = count * density
@@ -159,12 +185,16 @@ def mac_counts(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None
 def build_report(model: nn.Module, masks: Mapping[str, torch.Tensor],
                  input_size: Sequence[int] | None = (1, 3, 321, 321),
                  structure: TaskStructure | None = None) -> dict[str, Any]:
-    """Everything at once: {"layers", "summary", "params", "macs"} (MACs skipped when input_size is None)."""
+    """Everything at once: {"layers", "summary", "params", "macs"} (MACs skipped when input_size is None).
+
+    Each mask is counted once (the rows); parameter and MAC totals reuse those counts."""
     structure = structure or TaskStructure.from_model(model)
     rows = layer_rows(masks, model, structure)
-    report: dict[str, Any] = {"layers": rows, "summary": summarize(rows), "params": param_counts(model, masks)}
+    params = _param_counts(model, {row["name"]: row["kept"] for row in rows})
+    report: dict[str, Any] = {"layers": rows, "summary": summarize(rows), "params": params}
     if input_size is not None:
-        macs = mac_counts(model, masks, input_size, structure=structure)
+        macs = _mac_counts(model, {row["name"]: (row["total"], row["kept"]) for row in rows}, input_size, None,
+                           structure)
         for row in rows:
             layer = macs["layers"].get(row["name"], {"dense": 0, "kept": 0.0})
             row["macs_dense"] = layer["dense"]

@@ -116,14 +116,17 @@ def _resolve_loss(loss_fn: Any) -> LossFn:
 
 def take_batches(batches: Iterable, num_batches: int | None) -> Iterator:
     """The first `num_batches` batches (all when None). A re-iterable (list, DataLoader) is restarted
-    when it runs out; a one-shot iterator that runs out just ends early (with a warning)."""
+    when it runs out; a one-shot iterator that runs out just ends early (with a warning).
+
+    Which of the two `batches` is, is read from its type: calling `iter()` to find out would start a
+    DataLoader's workers and advance its sampler's epoch for nothing."""
     if num_batches is None:
         yield from batches
         return
     if num_batches < 1:
         raise ValueError(f"num_batches must be at least 1, got {num_batches}")
     produced = 0
-    one_shot = iter(batches) is batches
+    one_shot = isinstance(batches, Iterator)
     while produced < num_batches:
         empty = True
         for batch in batches:

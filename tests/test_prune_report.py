@@ -83,3 +83,29 @@ def test_build_report_and_writers(tmp_path):
     assert len(lines) == len(report["layers"]) and lines[0]["shape"] == "4x3x7x7"
     assert json.loads((tmp_path / "report.json").read_text())["summary"]["overall"]["total"] == \
         report["summary"]["overall"]["total"]
+
+
+def test_macs_from_an_empty_batch_equal_the_meta_device_and_a_real_forward():
+    torch.manual_seed(0)
+    net = MultiTaskNet({"seg": 4, "sn": 3}, width_mult=0.0625)
+    masks = dense_masks(net)
+    for m in masks.values():
+        m.view(-1)[::3] = False
+    empty = mac_counts(net, masks, (1, 3, 33, 47))                          # default: no arithmetic
+    assert empty == mac_counts(net, masks, (1, 3, 33, 47), device="meta")
+    assert empty["dense"] == mac_counts(net, masks, (2, 3, 33, 47), device="cpu")["dense"]
+    report = build_report(net, masks, input_size=(1, 3, 33, 47))
+    assert report["macs"] == {k: v for k, v in empty.items() if k != "layers"}
+    assert report["params"] == param_counts(net, masks)
+
+
+class RefusesEmptyBatches(ToyConv):
+    def forward(self, x):
+        if x.shape[0] == 0:
+            raise RuntimeError("this model needs at least one sample")
+        return super().forward(x)
+
+
+def test_macs_fall_back_to_the_meta_device_for_a_model_that_refuses_empty_batches():
+    net = RefusesEmptyBatches()
+    assert mac_counts(net, None, (1, 2, 5, 5))["dense"] == 1800 + 288 + 12

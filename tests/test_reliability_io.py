@@ -256,8 +256,11 @@ def _checkpoint(tmp_path: Path, **changes) -> Path:
     ({"model_entry": [1, 2]}, r"must be a tensor, got list"),
     ({"version": "x"}, r"'version' must be an integer, got 'x'"),
     ({"version": [1]}, r"'version' must be an integer, got \[1\]"),
-    ({"version": 7}, r"has format version 7, this code reads up to 1"),
-    ({"masks": {"backbone.conv1.weight": torch.ones(3)}}, r"mask 'backbone\.conv1\.weight' must be a bool tensor"),
+    ({"version": 7}, r"has format version 7, this code reads up to 2"),
+    ({"version": 1, "masks": {"backbone.conv1.weight": torch.ones(3)}},
+     r"mask 'backbone\.conv1\.weight' must be a bool tensor"),
+    ({"masks": {"backbone.conv1.weight": torch.ones(3, dtype=torch.bool)}},      # a version-2 file packs its masks
+     r"mask 'backbone\.conv1\.weight' is malformed \(a packed mask is a dict with 'shape' and 'bits'\)"),
 ])
 def test_crafted_checkpoint_entries_are_one_line_errors_naming_the_file(tmp_path, changes, message):
     path = _checkpoint(tmp_path, **changes)

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Channel-pruning study on the synthetic set: Δm against measured latency at matched MACs, several seeds.
 
-Settings: the dense baselines of the issue-17 study's shared scenes (scripts/study.py, `FULL`: width 1/16,
-48x48 crops, batch 8, 320 train / 80 test images of 96x128, 600 steps at lr 2e-3 decayed by 0.2 after 400:
-where its pilots' dense baselines plateau). For every seed s: the dense baseline. Then for every MACs target
+Settings (`BASELINE_SETTINGS`): the shared-scene dense baselines of the issue-17 study's first design (width
+1/16, 48x48 crops, batch 8, 320 train / 80 test images of 96x128, 600 steps at lr 2e-3 decayed by 0.2 after
+400: where its pilots' dense baselines plateaued), fixed here so that docs/RESULTS.md's channel table stays
+reproducible whatever that study's design becomes. For every seed s: the dense baseline. Then for every MACs target
 R (default 50 and 70 % removed) and every channel method (disparse_channel, channel_snip, channel_taylor,
 channel_magnitude, uniform): prune seed s's trained baseline (`create_pruned_net.py --from final_...baseline
 --macs-ratio R`: every method removes the same fraction of the MACs, within 1 point), fine-tune the smaller
@@ -35,10 +36,17 @@ from demo import MAIN_METRICS, ROOT, Pipeline, load_metrics, mean_std_table  # n
 
 sys.path.insert(0, str(ROOT))
 from engine.cli import image_size  # noqa: E402
-from study import FULL, design_flags  # noqa: E402
 
 METHODS = ("disparse_channel", "channel_snip", "channel_taylor", "channel_magnitude", "uniform")
 BASELINE = "synthetic_baseline"
+BASELINE_STEPS = 600
+# `--set` items of every run (baseline and fine-tuning): the design named in the docstring.
+BASELINE_SETTINGS = (
+    "model.width_mult=0.0625", "data.crop_h=48", "data.crop_w=48", "data.batch_size=8", "data.test_batch_size=8",
+    "data.num_workers=0", "data.image_shape=[96,128]", "synthetic.size=[96,128]", "synthetic.n_train=320",
+    "synthetic.n_test=80", "synthetic.seed=0", "train.lr=0.002", "train.lr_decay_every=400", "train.lr_decay_rate=0.2",
+    "train.save_every=150", "train.log_every=20", "dynamic.end=450", "dynamic.interval=24", "pruning.num_batches=4")
+FINETUNE_LR = 0.002 * 0.2      # the baseline's final rate
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--targets", nargs="+", default=["50", "70"], help="percent of the MACs removed")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--finetune-iters", type=int, default=200, help="training iterations after pruning")
-    parser.add_argument("--finetune-lr", type=float, default=FULL["lr"] * FULL["decay_rate"],
+    parser.add_argument("--finetune-lr", type=float, default=FINETUNE_LR,
                         help="constant learning rate of the fine-tuning (default: the baseline's final rate)")
     parser.add_argument("--latency-size", type=image_size, default=(384, 512), metavar="HxW",
                         help="input size of the latency measurement (batch 1)")
@@ -64,11 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def baseline_settings(args: argparse.Namespace) -> list[str]:
-    """The `--set` items of the issue-17 study's shared-scene design, one validation at the end, then ours."""
-    flags = design_flags(FULL, "shared", Path(args.dest))
-    steps = FULL["steps"]["shared"]
-    sets = [flags[i + 1] for i, flag in enumerate(flags[:-1]) if flag == "--set"]
-    return sets + [f"train.max_iters={steps}", f"train.val_every={steps}"] + args.overrides
+    """The baseline design's `--set` items, one validation at the end, then the command line's."""
+    return [*BASELINE_SETTINGS, f"train.max_iters={BASELINE_STEPS}", f"train.val_every={BASELINE_STEPS}",
+            *args.overrides]
 
 
 def pipeline(args: argparse.Namespace, seed: int) -> Pipeline:

@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
 """The demo pipeline (`make demo`): the whole DiSparse workflow on the generated synthetic dataset, on CPU.
 
-1. generate the synthetic scenes (first use only) and train a small dense baseline;
-2. prune at 90 % sparsity with DiSparse (per-task SNIP + unanimous arbiter) and the SNIP and random
-   baselines, then train each pruned net with its masks fixed; remove 50 % of the MACs by structured
-   DiSparse channel pruning (`disparse_channel`: a smaller dense net) and train that too;
-3. train DiSparse dynamic sparse training at 90 % from scratch;
-4. evaluate every net (Δm against the baseline, MACs removed);
-5. per-layer mask IoU across tasks and Meta-Sparse task similarity;
-6. print one comparison table.
+1. prune at 90 % sparsity with DiSparse (per-task SNIP + unanimous arbiter); this first step also
+   generates the synthetic scenes (first use only);
+2. then, `--jobs` at a time and longest first: train DiSparse dynamic sparse training at 90 % from
+   scratch; remove 50 % of the MACs by structured DiSparse channel pruning (`disparse_channel`: a smaller
+   dense net) and train it; train the DiSparse net; train and evaluate a small dense baseline; prune at
+   90 % with the SNIP and random baselines and train those; per-layer mask IoU across tasks and
+   Meta-Sparse task similarity (of fresh nets: no step waits for another chain);
+3. evaluate every pruned net (Δm against the baseline, MACs removed);
+4. print one comparison table.
 
 Every step is a real command-line call (printed as it runs), so the demo doubles as a usage example.
 Outputs go under one run folder (default runs/demo); each step's output is in {dest}/logs/demo_*.log.
 
 Speed on small CPUs: every step runs with one intra-op thread, and the independent chains (prune ->
-train -> evaluate per method) run `--jobs` at a time. Two single-threaded processes use two cores
+train per method) run `--jobs` at a time; only the evaluations wait for the baseline's metrics (Δm). Two single-threaded processes use two cores
 fully, whereas one two-threaded process stalls badly whenever anything else wants a core (OpenMP
 threads spin-wait on each other), which made the demo several times slower on busy machines.
 """
@@ -156,20 +157,17 @@ def main() -> None:
     baseline_metrics = str(pipe.dest / "metrics_synthetic_baseline.json")
     ratio = ["--ratio", pipe.ratio]
 
-    def pruned_chain(method: str) -> None:
+    def prune(method: str) -> None:
         pipe.run(f"prune {method}", "create_pruned_net.py", "--method", method, *ratio, "--dest", str(pipe.dest))
-        pipe.train(method, *ratio)
-        pipe.evaluate(method, *ratio, "--baseline-metrics", baseline_metrics)
-
-    def dynamic_chain(method: str) -> None:
-        pipe.train(method, *ratio)
-        pipe.evaluate(method, *ratio, "--baseline-metrics", baseline_metrics)
 
     def channel_chain(method: str) -> None:
         pipe.run(f"prune {method}", "create_pruned_net.py", "--method", method, "--macs-ratio", args.macs_ratio,
                  "--dest", str(pipe.dest))
         pipe.train(method, "--ratio", args.macs_ratio)
-        pipe.evaluate(method, "--ratio", args.macs_ratio, "--baseline-metrics", baseline_metrics)
+
+    def baseline_chain() -> None:
+        pipe.train("baseline")
+        pipe.evaluate("baseline")
 
     def analysis_chain() -> None:
         pipe.run("mask IoU across tasks", "iou_analysis.py", "--dest", str(pipe.dest))
@@ -177,11 +175,16 @@ def main() -> None:
                  "2", "--sim_method", "masked_sals", "--dump_dir", str(pipe.dest / "subnetworks"),
                  "--table_json", str(pipe.dest / "table.json"), "--format", "markdown")
 
-    pipe.train("baseline")   # also generates the synthetic set on first use
-    pipe.parallel([lambda: pipe.evaluate("baseline"), analysis_chain])
-    pipe.parallel([lambda m=m: dynamic_chain(m) for m in DYNAMIC_METHODS]      # the longest chains first
+    first, *others = PRUNED_METHODS
+    prune(first)             # alone: it generates the synthetic set on first use, before anything else reads it
+    pipe.parallel([lambda m=m: pipe.train(m, *ratio) for m in DYNAMIC_METHODS]     # the longest chains first
                   + [lambda m=m: channel_chain(m) for m in CHANNEL_METHODS]
-                  + [lambda m=m: pruned_chain(m) for m in PRUNED_METHODS])
+                  + [lambda: pipe.train(first, *ratio), baseline_chain]
+                  + [lambda m=m: (prune(m), pipe.train(m, *ratio)) for m in others] + [analysis_chain])
+    pipe.parallel([lambda m=m: pipe.evaluate(m, *ratio, "--baseline-metrics", baseline_metrics)
+                   for m in PRUNED_METHODS + DYNAMIC_METHODS]
+                  + [lambda m=m: pipe.evaluate(m, "--ratio", args.macs_ratio, "--baseline-metrics", baseline_metrics)
+                     for m in CHANNEL_METHODS])
 
     rows = [("baseline", "synthetic_baseline")]
     rows += [(m, f"synthetic_{m}_{pipe.ratio}") for m in PRUNED_METHODS + DYNAMIC_METHODS]

@@ -43,8 +43,10 @@ class MultiTaskNet(nn.Module):
 
 
 def build_model(config: Mapping, device: torch.device | str = "cpu") -> MultiTaskNet:
-    """The model a resolved config describes (tasks, classes, width, memory format), on `device`."""
-    model = MultiTaskNet(dict(zip(config["tasks"], config["num_classes"])), config["model"]["width_mult"])
+    """The model a resolved config describes (tasks, classes, width, head dropout `model.dropout`, default
+    0.5 as the original, memory format), on `device`."""
+    model = MultiTaskNet(dict(zip(config["tasks"], config["num_classes"])), config["model"]["width_mult"],
+                         dropout=float(config["model"].get("dropout", 0.5)))
     model = model.to(device)
     if config["model"].get("channels_last"):
         model = model.to(memory_format=torch.channels_last)

@@ -241,3 +241,25 @@ def test_lth_rounds_reach_the_exact_ratio(synthetic_root, tmp_path):
     assert final["sparsity"] == pytest.approx(0.75, abs=1e-4)
     assert all(bool((final["masks"][n] <= r1["masks"][n]).all()) for n in final["masks"])   # nested
     assert final["lth_round"] == 2 and final["iteration"] == 2
+
+
+def test_cosine_schedule_with_warmup_resumes_exactly_and_can_skip_tensorboard(synthetic_root, tmp_path):
+    # lr 4e-3, 6 steps, 2 warm-up steps; factors worked out by hand for steps 0..5:
+    # 1/2, 2/2, then 0.5 * (1 + cos(pi * t)) at t = 0, 1/4, 2/4, 3/4
+    expected = [2e-3, 4e-3, 4e-3, 4e-3 * 0.8535533905932737, 2e-3, 4e-3 * 0.14644660940672624]
+    common = ("--max-iters", "6", "--set", "train.lr=4e-3", "--set", "train.lr_schedule=cosine",
+              "--set", "train.warmup_iters=2", "--set", "train.tensorboard=false", "--set", "train.val_every=100",
+              "--set", "train.save_every=100", "--no-final-eval")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    launch_training.main(tiny_args(synthetic_root, whole, *common))
+    name = "synthetic_baseline"
+    train = [r for r in read_jsonl(whole / "logs" / f"{name}.jsonl") if r["kind"] == "train"]
+    assert [r["lr"] for r in train] == pytest.approx(expected)
+    assert not (whole / "tb").exists()                       # train.tensorboard=false: JSON lines only
+    launch_training.main(tiny_args(synthetic_root, parts, *common, "--stop-after", "3"))
+    launch_training.main(tiny_args(synthetic_root, parts, *common, "--resume"))
+    a, b = load_checkpoint(whole / f"final_{name}.pth"), load_checkpoint(parts / f"final_{name}.pth")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    resumed = [r for r in read_jsonl(parts / "logs" / f"{name}.jsonl") if r["kind"] == "train"]
+    assert [r["lr"] for r in resumed if r["iteration"] > 3] == pytest.approx(expected[3:])

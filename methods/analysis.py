@@ -46,12 +46,13 @@ def structure_of_config(config: Mapping) -> TaskStructure:
         return TaskStructure.from_model(build_model(config, "meta"))
 
 
-def load_pruned(path: str, config: Mapping, device: Any) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    """(model with the file's weights, its mask set); one-line errors for a file without masks or for other tasks."""
+def load_analysed(path: str, config: Mapping, device: Any) -> tuple[torch.nn.Module, Optional[dict[str, torch.Tensor]]]:
+    """(model with the file's weights, its mask set, or None for a dense checkpoint); one-line errors for
+    masks that do not fit the net or a file of other tasks."""
     model = build_model(config, device)
     masks = load_weights(path, model, config).masks
     if not masks:
-        raise CheckpointError(f"checkpoint {path} holds no masks (a dense model); --from needs a pruned checkpoint")
+        return model, None
     try:
         check_masks(model, masks)
     except ValueError as exc:
@@ -63,16 +64,14 @@ def iou_analysis(config: Mapping, scoring: Scoring, dest: str | Path, *, keep_ra
                  ratio: Optional[float] = None, from_ckpt: Optional[str] = None, plot: bool = True) -> dict:
     """Per-layer IoU of the tasks' keep masks: writes {dest}/{dataset}_iou.json/.csv(/.png), prints a table.
 
-    A fresh net (default) keeps, per task, `keep_ratio` of its pool (default `pruning.iou_keep_ratio`), or
-    the keep ratio at which the arbiter's combined mask has `ratio` % sparsity; a pruned checkpoint
-    (`from_ckpt`) keeps, per task, the top `keep_ratio` of the weights the checkpoint kept in its pool.
+    A fresh net (default) or a dense checkpoint (`from_ckpt` without masks, e.g. a trained baseline)
+    keeps, per task, `keep_ratio` of its pool (default `pruning.iou_keep_ratio`), or the keep ratio at
+    which the arbiter's combined mask has `ratio` % sparsity; a pruned checkpoint (`from_ckpt` with
+    masks) keeps, per task, the top `keep_ratio` of the weights the checkpoint kept in its pool.
     """
     tasks = list(config["tasks"])
     if len(tasks) < 2:
         raise ValueError(f"IoU analysis needs at least two tasks, the config has {tasks}")
-    if from_ckpt and ratio is not None:
-        raise ValueError("--ratio cannot be combined with --from (the checkpoint already fixes the sparsity); "
-                         "use --keep-ratio")
     structure = structure_of_config(config)
     meta: dict[str, Any] = {"dataset": config["dataset"], "tasks": tasks, "num_batches": scoring.num_batches,
                             "batch_size": scoring.batch_size, "seed": scoring.seed, "saliency_mode": scoring.mode,
@@ -80,30 +79,37 @@ def iou_analysis(config: Mapping, scoring: Scoring, dest: str | Path, *, keep_ra
     keep = keep_ratio if keep_ratio is not None else float(config["pruning"]["iou_keep_ratio"])
     common = dict(seed=scoring.seed, num_batches=scoring.num_batches, method=scoring.method,
                   batch_size=scoring.batch_size, device=scoring.device, progress=scoring.progress, mode=scoring.mode)
+    kept = None
     if from_ckpt:
-        model, kept = load_pruned(from_ckpt, config, scoring.device)
+        model, kept = load_analysed(from_ckpt, config, scoring.device)
+        if kept is not None and ratio is not None:
+            raise ValueError("--ratio cannot be combined with --from of a pruned checkpoint (it already fixes the "
+                             "sparsity); use --keep-ratio")
         seed_everything(scoring.seed)
-        print(f"scoring checkpoint {from_ckpt} (sparsity {100 * sparsity(kept):.2f}%) per task with "
-              f"{scoring.method} saliency over {scoring.num_batches} batch(es) on {scoring.device}")
+        what = "dense" if kept is None else f"sparsity {100 * sparsity(kept):.2f}%"
+        print(f"scoring checkpoint {from_ckpt} ({what}) per task with {scoring.method} saliency over "
+              f"{scoring.num_batches} batch(es) on {scoring.device}")
         if scoring.method == "snip":
             print("note: snip scores a Xavier re-draw of the weights, not the checkpoint's values; the checkpoint "
                   "then only restricts which weights each task can keep")
         scores = score_net(config, model, structure=structure, **common)
+    else:
+        print(f"scoring a fresh net per task with {scoring.method} saliency over {scoring.num_batches} batch(es) "
+              f"of {scoring.batch_size} on {scoring.device}")
+        scores = score_fresh_net(config, **common)
+    if kept is not None:
         per_task, ratios = I.restricted_task_masks(scores, kept, keep, structure)
         meta.update(source=str(from_ckpt), saliency=scoring.method, keep_ratio=keep,
                     keep_ratio_of="the weights the checkpoint keeps in each task's pool",
                     pool_keep_ratios=ratios, checkpoint_sparsity=sparsity(kept))
     else:
-        print(f"scoring a fresh net per task with {scoring.method} saliency over {scoring.num_batches} batch(es) "
-              f"of {scoring.batch_size} on {scoring.device}")
-        scores = score_fresh_net(config, **common)
         if ratio is not None:
             arbiter = config["pruning"]["arbiter"]
             combined, keep = masks_for_sparsity(scores, ratio / 100.0, arbiter, structure=structure)
             meta.update(ratio=ratio, arbiter=arbiter, arbiter_sparsity=sparsity(combined))
             del combined
         per_task = task_masks(scores, keep, structure)
-        meta.update(source="fresh", saliency=scoring.method, keep_ratio=float(keep),
+        meta.update(source=str(from_ckpt) if from_ckpt else "fresh", saliency=scoring.method, keep_ratio=float(keep),
                     keep_ratio_of="each task's pool (backbone + own head)")
     del scores
 

@@ -53,7 +53,11 @@ def _results() -> dict:
                "train": [[10, 2.5], [40, 1.1]]} for kind in ("shared", "disentangled") for seed in SEEDS]
     design = {"kinds": ["shared", "disentangled"], "seeds": SEEDS, "ratios": [90],
               "variants": [DISPARSE, "snip", "random"]}
-    return {"design": design, "command": "python scripts/study.py", "runs": runs, "iou": iou, "curves": curves}
+    # the plateau check: shared seed 0's baseline trained twice as long (curves above end at step 40, loss 0.9)
+    plateau = [{"kind": "shared", "seed": 0, "factor": 2, "steps": 80, "metrics": _metrics(None, 27.0),
+                "val": [[40, 1.0, {}], [80, 0.81, {}]], "train": [[80, 0.8]]}]
+    return {"design": design, "command": "python scripts/study.py", "runs": runs, "iou": iou, "curves": curves,
+            "plateau": plateau}
 
 
 def _hand_interval(diffs: list[float]) -> tuple[float, float, float]:
@@ -118,9 +122,12 @@ def test_report_from_the_json_alone(tmp_path):
     text = (tmp_path / "out" / "STUDY.md").read_text()
     assert "| shared | 90 | disparse_static[unanimous] | snip | 1.80 [0.37, 3.23] |" in text
     assert "- shared, 90 %: disparse_static[unanimous] is WORSE than random on Δm% by -2.20 [-2.54, -1.86]" in text
-    assert "| disentangled | 90 | 0.300 [0.300, 0.300] |" in text                 # IoU table
+    assert "| 90 | disentangled | 0.300 [0.300, 0.300] | 3.60 [1.14, 6.06] |" in text   # IoU table: EXTRA_GAIN + 1.8
     assert "| 90 | disparse_static[unanimous] | snip | 1.80 [0.76, 2.84] | **better** |" in text   # interaction
     assert "| shared | 5 | weighted sum | 2.0000 | 1.0000 | 0.9000 | -10.0 % |" in text   # plateau: 30 vs 40
+    # longer run: 0.9 -> 0.81 is -10 %; SN mean angle 29 -> 27 degrees is -2/29 = -6.9 %
+    assert "| shared | 0 | val loss (weighted sum) | 40 | 0.9000 | 80 | 0.8100 | -10.0 % |" in text
+    assert "| shared | 0 | SN mean° | 40 | 29.0000 | 80 | 27.0000 | -6.9 % |" in text
     for png in ("metrics_shared", "metrics_disentangled", "gain_over_snip", "iou_layers", "baseline_curves"):
         assert (tmp_path / "out" / f"{png}.png").stat().st_size > 5000
     stored = json.loads((tmp_path / "out" / "contrasts.json").read_text())
@@ -158,18 +165,21 @@ def test_design_guard_names_and_logs(tmp_path):
         study.check_design({**design, "steps": {"shared": 5, "disentangled": 12}}, tmp_path)
     assert study.steps_per_kind("300") == {"shared": 300, "disentangled": 300}
     assert study.resolve_design(study.parse_args(["--steps", "disentangled=40"]))["steps"] == \
-        {"shared": 600, "disentangled": 40}
+        {"shared": 350, "disentangled": 40}
     with pytest.raises(SystemExit):
         study.parse_args(["--steps", "cartoon=3"])
     assert study.parse_variant("disparse_static[mean_score]") == ("disparse_static", "mean_score")
     assert study.parse_variant("snip") == ("snip", None)
     assert study.run_name("snip", 92.5) == "synthetic_snip_92.5" and study.run_name("baseline", None) == \
         "synthetic_baseline"
-    assert study.count_units(study.FULL) == 2 * 5 * (1 + 3 * 8)
-    assert study.count_units({**study.FULL, "variants": ["snip"]}) == 2 * 5 * (1 + 3 * 2)
+    # per kind: 5 seeds x (baseline + 3 ratios x (7 variants + IoU at init + IoU trained)) + the longer baseline
+    assert study.count_units(study.FULL) == 2 * (5 * (1 + 3 * 9) + 1)
+    assert study.count_units({**study.FULL, "variants": ["snip"]}) == 2 * (5 * (1 + 3 * 3) + 1)
+    assert len(study.units(study.FULL, tmp_path)) == len(set(study.units(study.FULL, tmp_path))) == 282
     flags = study.design_flags(study.FULL, "disentangled", tmp_path)
     assert flags[flags.index("--config") + 1].endswith("configs/synthetic_disentangled.yaml")
     assert flags[flags.index("--data-root") + 1] == str(tmp_path / "data" / "disentangled")
+    assert {"loss_weights=[1,5,0.1]", "train.weight_decay=0.0", "train.lr_schedule=cosine"} <= set(flags)
     log = tmp_path / "run.jsonl"
     log.write_text('{"kind": "event", "iteration": 0}\n{"kind": "train", "iteration": 5, "avg_loss": 2.5}\n'
                    '{"kind": "val", "iteration": 10, "loss": 1.5, "losses": {"seg": 1.0}}\n'

@@ -187,3 +187,33 @@ def test_design_guard_names_and_logs(tmp_path):
                    '{"kind": "event", "iteration": 10, "event": "resume"}\n{"kind": "train", "iteration": 15, '
                    '"avg_loss": 2.0}\n')
     assert study.learning_curve(log) == {"val": [[10, 1.5, {"seg": 1.0}]], "train": [[5, 2.5], [15, 2.0]]}
+
+
+def test_compare_results_finds_a_planted_difference():
+    reference = _results()
+    same = json.loads(json.dumps(reference))
+    assert study.compare_results(same, reference, tolerance=1e-6) == []
+    planted = json.loads(json.dumps(reference))
+    (run,) = [r for r in planted["runs"] if (r["kind"], r["seed"], r["variant"]) == ("disentangled", 3, "snip")]
+    run["metrics"]["sn"]["Angle Mean"] += 1e-4                     # 30.2 -> 30.2001: relative 3.3e-6
+    planted["iou"][0]["layers"][1]["all"] = None                  # an IoU that became undefined
+    problems = study.compare_results(planted, reference, tolerance=1e-6)
+    assert len(problems) == 2
+    assert "('run', 'disentangled', 3, 'snip', 90.0) sn.Angle Mean: 30.2001" in problems[0]
+    assert "('iou', 'shared', 0, 'init', 90.0) 1.all: None vs reference 0.4" in problems[1]
+    assert study.compare_results(planted, reference, tolerance=1e-5)[1:] == []   # 3.3e-6 within 1e-5
+    subset = {**reference, "runs": reference["runs"][:3], "iou": []}               # a rerun of part of the grid
+    assert study.compare_results(subset, reference, tolerance=0.0) == []
+    extra = {**subset, "runs": subset["runs"] + [{**subset["runs"][0], "seed": 9}]}
+    assert study.compare_results(extra, reference, tolerance=0.0) == [
+        "('run', 'shared', 9, 'baseline', 0.0): not in the reference"]
+
+
+def test_cost_record_sums_the_invocations(tmp_path):
+    first = study.record_cost(tmp_path, {"wall_seconds": 100.5, "cpu_seconds": 190.0, "runs": 10})
+    assert (first["wall_seconds"], first["cpu_seconds"]) == (100.5, 190.0)
+    second = study.record_cost(tmp_path, {"wall_seconds": 20.25, "cpu_seconds": 39.5, "runs": 2})   # a resume
+    assert (second["wall_seconds"], second["cpu_seconds"]) == (120.75, 229.5)
+    stored = json.loads((tmp_path / "cost.json").read_text())
+    assert stored == second and [e["runs"] for e in stored["invocations"]] == [10, 2]
+    assert study.cpu_seconds() > 0

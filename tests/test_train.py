@@ -263,3 +263,21 @@ def test_cosine_schedule_with_warmup_resumes_exactly_and_can_skip_tensorboard(sy
         assert torch.equal(a["model"][key], b["model"][key]), key
     resumed = [r for r in read_jsonl(parts / "logs" / f"{name}.jsonl") if r["kind"] == "train"]
     assert [r["lr"] for r in resumed if r["iteration"] > 3] == pytest.approx(expected[3:])
+
+
+def test_cosine_factor_values_worked_out_by_hand():
+    from engine.trainer import build_scheduler, cosine_factor
+    # no warm-up, 10 steps: cos(0) -> 1, halfway cos(pi/2) -> 0.5, the end and beyond -> 0
+    assert cosine_factor(0, 10) == 1.0 and cosine_factor(5, 10) == pytest.approx(0.5)
+    assert cosine_factor(10, 10) == pytest.approx(0.0, abs=1e-12) and cosine_factor(13, 10) == pytest.approx(0.0, abs=1e-12)
+    # 4 warm-up steps: 1/4, 2/4, 3/4, 4/4, then t = (i - 4) / 6: i = 7 -> t 1/2 -> 0.5; i = 6 -> t 1/3 -> 0.75
+    assert [cosine_factor(i, 10, 4) for i in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    assert cosine_factor(7, 10, 4) == pytest.approx(0.5) and cosine_factor(6, 10, 4) == pytest.approx(0.75)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match="unknown LR schedule 'linear'"):
+        build_scheduler(optimizer, 1, 0.5, schedule="linear")
+    constant = build_scheduler(optimizer, 1, 0.5, constant=True, schedule="cosine", max_iters=4)
+    for _ in range(3):
+        optimizer.step()
+        constant.step()
+    assert optimizer.param_groups[0]["lr"] == 1.0                 # constant=True wins over the schedule

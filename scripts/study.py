@@ -65,7 +65,7 @@ IOU_SOURCES = ("init", "trained")          # masks of a fresh net / of the train
 # The full study (the choices are explained in docs/RESULTS.md) and the --quick smoke grid. `steps` and
 # `loss_weights` are per scene kind (comparisons are within a kind); every net of a kind trains `steps` steps.
 FULL = {"kinds": ["shared", "disentangled"], "seeds": [0, 1, 2, 3, 4], "ratios": [90, 95, 98],
-        "variants": list(VARIANTS), "steps": {"shared": 350, "disentangled": 350}, "width": 0.0625,
+        "variants": list(VARIANTS), "steps": {"shared": 250, "disentangled": 250}, "width": 0.0625,
         "size": [64, 80], "crop": [64, 80], "batch": 8, "lr": 2.0e-3, "weight_decay": 0.0, "schedule": "cosine",
         "warmup": 20, "dropout": 0.0, "loss_weights": {"shared": [1.0, 5.0, 1.0], "disentangled": [1.0, 5.0, 0.1]},
         "n_train": 320, "n_test": 80, "val_points": 12, "num_batches": 4, "trained_iou_saliency": "grad_weight2",

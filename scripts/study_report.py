@@ -609,8 +609,20 @@ def plot_curves(results: Mapping[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+BULK_RUN_FIELDS = ("train_curve", "pruning")    # per-run training curves and per-layer kept counts: no table uses them
+
+
+def per_seed_results(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The results without the bulk per-run fields: every number a table, interval or plot of the report is
+    computed from (per-seed metrics, IoU per layer, the baselines' curves, cost), small enough to keep
+    beside the report, and enough to rebuild it (`study_report.py per_seed_results.json`)."""
+    return {**results, "runs": [{k: v for k, v in run.items() if k not in BULK_RUN_FIELDS}
+                                for run in results["runs"]]}
+
+
 def write_report(results: Mapping[str, Any], out_dir: str | Path, plots: bool = True) -> Path:
-    """STUDY.md (+ contrasts.json and PNGs) in `out_dir` from the results alone; returns the Markdown path."""
+    """STUDY.md (+ contrasts.json, per_seed_results.json and PNGs) in `out_dir` from the results alone;
+    returns the Markdown path."""
     import matplotlib
     matplotlib.use("Agg")
     out = Path(out_dir)
@@ -628,6 +640,8 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, plots: bool = 
     serialisable = [{**{k: v for k, v in row.items() if k != "interval"}, **vars(row["interval"]),
                      "significant": row["interval"].significant} for row in rows]
     (out / "contrasts.json").write_text(json.dumps(serialisable, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+    (out / "per_seed_results.json").write_text(json.dumps(per_seed_results(results), indent=1, allow_nan=True) + "\n",
+                                               encoding="utf-8")
     path = out / "STUDY.md"
     path.write_text(markdown(results, rows, [str(f) for f in figures]), encoding="utf-8")
     return path

@@ -43,7 +43,8 @@ def _results() -> dict:
                 gain = EXTRA_GAIN[i] if kind == "disentangled" and variant == DISPARSE else 0.0
                 runs.append({"kind": kind, "seed": seed, "variant": variant, "ratio": 90,
                              "metrics": _metrics(DELTA_M[variant][i] + gain, ANGLE[variant][i]),
-                             "seconds": {"prune": 1.0, "train": 10.0, "eval": 1.0}})
+                             "seconds": {"prune": 1.0, "train": 10.0, "eval": 1.0},
+                             "train_curve": [[40, 1.5]], "pruning": {"a": {"kept": 3}}})
     layers = [{"name": "a", "index": 0, "kind": "conv", "all": 0.2, "pairs": {}},
               {"name": "b", "index": 1, "kind": "conv", "all": 0.4, "pairs": {}},
               {"name": "c", "index": 2, "kind": "shortcut", "all": 0.9, "pairs": {}}]
@@ -133,6 +134,12 @@ def test_report_from_the_json_alone(tmp_path):
     stored = json.loads((tmp_path / "out" / "contrasts.json").read_text())
     assert any(r["significant"] and r["metric"] == "Δm%" and r["reference"] == "snip" for r in stored)
     assert report.main([str(tmp_path / "missing.json")]) == 2
+    # the small per-seed copy beside the report rebuilds the same report (tables and intervals)
+    kept = json.loads((tmp_path / "out" / "per_seed_results.json").read_text())
+    assert "train_curve" not in json.dumps(kept) and len(kept["runs"]) == len(_results()["runs"])
+    assert report.main([str(tmp_path / "out" / "per_seed_results.json"), "--out", str(tmp_path / "again"),
+                        "--no-plots"]) == 0
+    assert (tmp_path / "again" / "contrasts.json").read_text() == (tmp_path / "out" / "contrasts.json").read_text()
 
 
 def test_run_cli_adapter(tmp_path, monkeypatch):
@@ -165,7 +172,7 @@ def test_design_guard_names_and_logs(tmp_path):
         study.check_design({**design, "steps": {"shared": 5, "disentangled": 12}}, tmp_path)
     assert study.steps_per_kind("300") == {"shared": 300, "disentangled": 300}
     assert study.resolve_design(study.parse_args(["--steps", "disentangled=40"]))["steps"] == \
-        {"shared": 350, "disentangled": 40}
+        {"shared": 250, "disentangled": 40}
     with pytest.raises(SystemExit):
         study.parse_args(["--steps", "cartoon=3"])
     assert study.parse_variant("disparse_static[mean_score]") == ("disparse_static", "mean_score")

@@ -5,9 +5,11 @@ Default: per-task static SNIP saliency on a freshly initialised net (`--num_batc
 each task's exact top-k over its pool (backbone + own head) at keep ratio `--keep-ratio` (default: the
 config's pruning.iou_keep_ratio, 0.078 as the original), no arbiter. `--ratio R` instead picks the keep
 ratio at which the arbiter's (config pruning.arbiter) combined mask has R % sparsity.
-`--from CKPT` analyses a pruned checkpoint: its weights are scored per task (config pruning.pt_saliency
-unless `--saliency`), and each task keeps the top fraction `--keep-ratio` of the weights the
-checkpoint kept in its pool.
+`--from CKPT` analyses a checkpoint: its weights are scored per task (config pruning.pt_saliency
+unless `--saliency`; use a task-dependent one such as grad_weight2, since magnitude scores are the
+same for every task); a pruned checkpoint's tasks each keep the top fraction `--keep-ratio` of the
+weights it kept in their pool, a dense one's (a trained baseline) are cut as a fresh net's are
+(`--keep-ratio` of the pool, or `--ratio`).
 
 Writes {dest}/{dataset}_iou.json, .csv and .png and prints a summary table. See docs/ANALYSIS.md.
 """
@@ -34,8 +36,9 @@ def build_parser():
                            num_batches_default_help="the config's analysis.num_batches: 50, Taskonomy 200, "
                                                     "as the original")
     parser.add_argument("--from", dest="from_ckpt", default=None, metavar="CKPT",
-                        help="analyse this pruned checkpoint (must hold masks and the config's tasks): score its "
-                             "weights per task and keep, per task, the top --keep-ratio of the weights it kept")
+                        help="analyse this checkpoint (the config's tasks) instead of a fresh net: score its weights "
+                             "per task; pruned: keep, per task, the top --keep-ratio of the weights it kept; dense: "
+                             "--keep-ratio of each task's pool, or --ratio")
     parser.add_argument("--dest", default=".", metavar="DIR", help="output folder for {dataset}_iou.json/.csv/.png")
     parser.add_argument("--no_plot", "--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="hide the progress bars")

@@ -175,6 +175,7 @@ class DenseDataset(Dataset):
         self._seed = seed
         self._rng: np.random.Generator | None = None
         self._rng_pid: int | None = None
+        self._maps_cache: dict[int, dict[str, np.ndarray]] | None = None
         self.index_path = self.root / self.index_file
         self.entries: list[tuple[str, ...]] = self._read_index()
         self._prepare()
@@ -240,6 +241,21 @@ class DenseDataset(Dataset):
         with invalid pixels at their invalid value. Implemented per dataset."""
         raise NotImplementedError
 
+    def enable_cache(self) -> None:
+        """Keep every sample's decoded maps in memory after its first read (config `data.cache`): for
+        small data sets read many times over, such as the synthetic scenes, where decoding the files
+        costs as much as a training step. Samples are unchanged; each process holds its own cache."""
+        if self._maps_cache is None:
+            self._maps_cache = {}
+
+    def _maps(self, index: int) -> dict[str, np.ndarray]:
+        """`load_maps(index)`, from the cache when enabled (copies, so no caller can alter the cache)."""
+        if self._maps_cache is None:
+            return self.load_maps(index)
+        if index not in self._maps_cache:
+            self._maps_cache[index] = self.load_maps(index)
+        return {key: array.copy() for key, array in self._maps_cache[index].items()}
+
     def reseed(self, seed: int) -> None:
         """Seed the generator used for plain-index train samples (a worker_init_fn calls this)."""
         self._rng = np.random.default_rng(seed)
@@ -266,7 +282,7 @@ class DenseDataset(Dataset):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        maps = self.load_maps(index)
+        maps = self._maps(index)
         self._check_sizes(maps, index)
         if self.crop is not None:
             rng = np.random.default_rng(aug_seed) if aug_seed is not None else self._own_rng()

@@ -159,7 +159,8 @@ def build_dataset(config: Mapping[str, Any], split: str, train: bool | None = No
     are resized to `data.image_shape` (the evaluation size, as the original's IMAGE_SHAPE) and follow the
     optional `taskonomy` section (`unlabelled`, `normals_where_depth_invalid`, `rgb_interpolation`;
     `TASKONOMY_DEFAULTS` when absent). For `synthetic` the data is generated into `data_root` first if
-    it is not there yet. The config's tasks must be ones the dataset provides.
+    it is not there yet. `data.cache: true` keeps decoded samples in memory (`DenseDataset.enable_cache`).
+    The config's tasks must be ones the dataset provides.
     """
     name = config.get("dataset")
     if name not in DATASET_NAMES:
@@ -190,6 +191,8 @@ def build_dataset(config: Mapping[str, Any], split: str, train: bool | None = No
         root = ensure_synthetic(config)
         dataset = NYUv2(root, split, crop_h, crop_w, num_classes=_seg_classes(config, 8), **common)
         dataset.name = "synthetic"
+    if data.get("cache", False):
+        dataset.enable_cache()
     wanted = [t for t in config.get("tasks") or [] if t not in dataset.tasks]
     if wanted:
         raise DataError(f"dataset {name!r} at {dataset.root} provides tasks {', '.join(dataset.tasks)}; "

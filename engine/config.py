@@ -34,13 +34,14 @@ _OPT_STR = (str, type(None))
 # Dotted key -> accepted types. `dict` leaves are free-form mappings validated separately.
 SCHEMA: dict[str, Any] = {
     "dataset": str, "data_root": _OPT_STR, "tasks": list, "num_classes": list, "loss_weights": list,
-    "model.width_mult": _NUM, "model.channels_last": bool,
+    "model.width_mult": _NUM, "model.channels_last": bool, "model.dropout": _NUM,
     "data.crop_h": int, "data.crop_w": int, "data.image_shape": list, "data.batch_size": int,
     "data.test_batch_size": int, "data.num_workers": int, "data.mirror_normals": bool, "data.drop_last": bool,
+    "data.cache": bool,
     "loss.normals_space": str,
     "train.max_iters": int, "train.lr": _NUM, "train.weight_decay": _NUM, "train.lr_decay_every": int,
     "train.lr_decay_rate": _NUM, "train.val_every": int, "train.save_every": int, "train.log_every": int,
-    "train.precision": str,
+    "train.precision": str, "train.lr_schedule": str, "train.warmup_iters": int, "train.tensorboard": bool,
     "retrain.iters": int, "retrain.lr": _NUM,
     "dynamic.end": int, "dynamic.interval": int, "dynamic.drop_fraction": _NUM, "dynamic.growth_splits": int,
     "pruning.num_batches": int, "pruning.batch_size": int, "pruning.saliency": str, "pruning.pt_saliency": str,
@@ -54,9 +55,12 @@ SCHEMA: dict[str, Any] = {
     "dist.timeout_s": (int, float, type(None)),
 }
 OPTIONAL_SECTIONS = ("synthetic", "taskonomy", "dist")
-OPTIONAL_KEYS = ("synthetic.scene_kind",)    # may be absent (the generator's default applies)
+# Keys that may be absent (their defaults apply: the generator's scene kind, head dropout 0.5, no cache, the
+# step schedule, no warm-up, TensorBoard on).
+OPTIONAL_KEYS = ("synthetic.scene_kind", "model.dropout", "data.cache", "train.lr_schedule", "train.warmup_iters",
+                 "train.tensorboard")
 CHOICES = {
-    "dataset": DATASETS, "train.precision": ("fp32", "bf16", "amp"),
+    "dataset": DATASETS, "train.precision": ("fp32", "bf16", "amp"), "train.lr_schedule": ("step", "cosine"),
     "eval.metrics_compat": ("standard", "adashare"), "eval.delta_m_definition": ("task_mean", "metric_mean"),
     "loss.normals_space": ("decoded", "encoded"),
     "taskonomy.unlabelled": ("ignore", "class0"), "taskonomy.normals_where_depth_invalid": ("mask", "keep"),
@@ -137,6 +141,10 @@ def validate(config: Mapping) -> None:
                 "pruning.num_batches", "analysis.num_batches", "pruning.batch_size", "dynamic.interval", "dynamic.growth_splits"):
         if flat[key] <= 0:
             raise ConfigError(f"config key {key!r} must be positive, got {flat[key]}")
+    if not 0 <= flat.get("model.dropout", 0.5) < 1:
+        raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {flat['model.dropout']}")
+    if flat.get("train.warmup_iters", 0) < 0:
+        raise ConfigError(f"config key 'train.warmup_iters' must be >= 0, got {flat['train.warmup_iters']}")
     if not 0 < flat["model.width_mult"] <= 4:
         raise ConfigError(f"config key 'model.width_mult' must be in (0, 4], got {flat['model.width_mult']}")
     timeout = flat.get("dist.timeout_s")

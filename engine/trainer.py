@@ -21,6 +21,7 @@ Differences from the original, on purpose:
   `MAX_ITERS`, after the step, so it takes MAX_ITERS + 1 steps;
 * Adam with coupled L2 weight decay (`torch.optim.Adam(weight_decay=...)`, not AdamW), as the
   original; StepLR stepped every iteration: lr(i) = lr * rate ** (i // every) for step i (0-based);
+  `train.lr_schedule: cosine` (with `train.warmup_iters`) is an addition for short schedules;
 * `constant_lr=True` (used for `disparse_pt`) keeps the LR fixed. The original builds a new Adam with
   RETRAIN_LR but leaves its StepLR pointing at the discarded optimizer, so its LR is constant too;
   we make that explicit rather than accidental;
@@ -88,9 +89,30 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.o
     return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, every: int, rate: float,
-                    constant: bool = False) -> torch.optim.lr_scheduler.StepLR:
-    """Per-iteration StepLR; `constant=True` gives gamma 1 (the LR never changes)."""
+LR_SCHEDULES = ("step", "cosine")
+
+
+def cosine_factor(iteration: int, max_iters: int, warmup: int = 0) -> float:
+    """LR factor of step `iteration` (0-based) under `cosine`: linear warm-up (iteration + 1) / warmup over
+    the first `warmup` steps, then 0.5 * (1 + cos(pi * t)) with t going from 0 at the end of the warm-up
+    to 1 at `max_iters`."""
+    if iteration < warmup:
+        return (iteration + 1) / warmup
+    span = max(1, max_iters - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (iteration - warmup) / span)))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, every: int, rate: float, constant: bool = False,
+                    schedule: str = "step", max_iters: int = 0, warmup: int = 0
+                    ) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-iteration LR schedule. `step` (the original's): StepLR, lr * rate ** (i // every);
+    `cosine`: `cosine_factor` over `max_iters` steps with `warmup` warm-up steps, for short schedules
+    that must end annealed. `constant=True` keeps the LR fixed whatever the schedule."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown LR schedule {schedule!r} (expected one of {', '.join(LR_SCHEDULES)})")
+    if schedule == "cosine" and not constant:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda iteration: cosine_factor(iteration, int(max_iters), int(warmup)))
     every = max(1, int(every))
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=every, gamma=1.0 if constant else float(rate))
 
@@ -109,6 +131,9 @@ class TrainOptions:
     log_every: int
     precision: str = "fp32"
     constant_lr: bool = False
+    lr_schedule: str = "step"
+    warmup_iters: int = 0
+    tensorboard: bool = True           # False: JSON-lines log only (many short runs, e.g. scripts/study.py)
     val_split: str = "test"
     seed: int = 0
     stop_after: Optional[int] = None   # stop (as if interrupted) once this iteration is done; resume later
@@ -120,7 +145,9 @@ class TrainOptions:
         values = dict(max_iters=int(t["max_iters"]), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]),
                       lr_decay_every=int(t["lr_decay_every"]), lr_decay_rate=float(t["lr_decay_rate"]),
                       val_every=int(t["val_every"]), save_every=int(t["save_every"]),
-                      log_every=int(t["log_every"]), precision=str(t["precision"]))
+                      log_every=int(t["log_every"]), precision=str(t["precision"]),
+                      lr_schedule=str(t.get("lr_schedule", "step")), warmup_iters=int(t.get("warmup_iters", 0)),
+                      tensorboard=bool(t.get("tensorboard", True)))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -253,7 +280,8 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(model, self.opts.lr, self.opts.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, self.opts.lr_decay_every, self.opts.lr_decay_rate,
-                                         self.opts.constant_lr)
+                                         self.opts.constant_lr, self.opts.lr_schedule, self.opts.max_iters,
+                                         self.opts.warmup_iters)
         self.scaler = torch.amp.GradScaler("cuda") if self.opts.precision == "amp" else None
         if controller is not None:
             controller.attach(model, self.optimizer)
@@ -263,7 +291,7 @@ class Trainer:
         self.best_value: Optional[float] = None
         self.best_iteration: Optional[int] = None
         self.last_saved: Optional[int] = None
-        self.logger = RunLogger(self.dest, name, enabled=self.ctx.is_main)
+        self.logger = RunLogger(self.dest, name, enabled=self.ctx.is_main, tensorboard=self.opts.tensorboard)
 
     # ----------------------------------------------------------------- paths and checkpoints
     def path(self, kind: str) -> Path:

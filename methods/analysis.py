@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from engine.runtime import seed_everything
-from fileio import CheckpointError, atomic_write_text
+from fileio import atomic_write_text
 from models import build_model
 from prune_utils import iou as I
 from prune_utils import similarity as S
@@ -49,12 +49,11 @@ def structure_of_config(config: Mapping) -> TaskStructure:
         return TaskStructure.from_model(build_model(config, "meta"))
 
 
-def pruned_net(opened: OpenedNet, path: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    """(model with the file's weights, its mask set); a one-line error for a file without masks."""
+def analysed_net(opened: OpenedNet) -> tuple[torch.nn.Module, Optional[dict[str, torch.Tensor]]]:
+    """(model with the file's weights, its mask set, or None for a dense checkpoint such as a trained
+    baseline); `open_net` has already refused masks that do not fit the net and files of other tasks."""
     masks = opened.weights.masks
-    if not masks:
-        raise CheckpointError(f"checkpoint {path} holds no masks (a dense model); --from needs a pruned checkpoint")
-    return opened.model, masks_to(masks, "cpu")
+    return opened.model, masks_to(masks, "cpu") if masks else None
 
 
 def channel_iou_analysis(channels: Mapping[str, Any], path: str, config: Mapping, stem: Path,
@@ -97,19 +96,20 @@ def iou_analysis(config: Mapping, scoring: Scoring, dest: str | Path, *, keep_ra
                  ratio: Optional[float] = None, from_ckpt: Optional[str] = None, plot: bool = True) -> dict:
     """Per-layer IoU of the tasks' keep masks: writes {dest}/{dataset}_iou.json/.csv(/.png), prints a table.
 
-    A fresh net (default) keeps, per task, `keep_ratio` of its pool (default `pruning.iou_keep_ratio`), or
-    the keep ratio at which the arbiter's combined mask has `ratio` % sparsity; a pruned checkpoint
-    (`from_ckpt`) keeps, per task, the top `keep_ratio` of the weights the checkpoint kept in its pool. A
+    A fresh net (default) or a dense checkpoint (`from_ckpt` without masks, e.g. a trained baseline)
+    keeps, per task, `keep_ratio` of its pool (default `pruning.iou_keep_ratio`), or the keep ratio at
+    which the arbiter's combined mask has `ratio` % sparsity; a pruned checkpoint (`from_ckpt` with
+    masks) keeps, per task, the top `keep_ratio` of the weights the checkpoint kept in its pool. A
     channel-pruned checkpoint gets the channel-level analysis instead (`channel_iou_analysis`,
     {dest}/{dataset}_channel_iou.*). `dest` is checked and the outputs locked before any scoring
     (`methods.outputs.claim_outputs`).
     """
     if len(config["tasks"]) < 2:
         raise ValueError(f"IoU analysis needs at least two tasks, the config has {list(config['tasks'])}")
-    if from_ckpt and ratio is not None:
-        raise ValueError("--ratio cannot be combined with --from (the checkpoint already fixes the sparsity); "
-                         "use --keep-ratio")
     opened = open_net(from_ckpt, config, scoring.device) if from_ckpt else None
+    if opened is not None and opened.weights.masks and ratio is not None:
+        raise ValueError("--ratio cannot be combined with --from of a pruned checkpoint (it already fixes the "
+                         "sparsity); use --keep-ratio")
     channels = opened.weights.meta.get("channels") if opened is not None else None
     if channels is not None and keep_ratio is not None:
         raise ValueError("--keep-ratio does not apply to a channel-pruned checkpoint (its tasks' channel choices "
@@ -132,30 +132,34 @@ def _iou_analysis(config: Mapping, scoring: Scoring, stem: Path, *, keep_ratio: 
     keep = keep_ratio if keep_ratio is not None else float(config["pruning"]["iou_keep_ratio"])
     common = dict(seed=scoring.seed, num_batches=scoring.num_batches, method=scoring.method,
                   batch_size=scoring.batch_size, device=scoring.device, progress=scoring.progress, mode=scoring.mode)
+    kept = None
     if opened is not None:
-        model, kept = pruned_net(opened, str(from_ckpt))
+        model, kept = analysed_net(opened)
         seed_everything(scoring.seed)
-        print(f"scoring checkpoint {from_ckpt} (sparsity {100 * sparsity(kept):.2f}%) per task with "
-              f"{scoring.method} saliency over {scoring.num_batches} batch(es) on {scoring.device}")
+        what = "dense" if kept is None else f"sparsity {100 * sparsity(kept):.2f}%"
+        print(f"scoring checkpoint {from_ckpt} ({what}) per task with {scoring.method} saliency over "
+              f"{scoring.num_batches} batch(es) on {scoring.device}")
         if scoring.method == "snip":
             print("note: snip scores a Xavier re-draw of the weights, not the checkpoint's values; the checkpoint "
                   "then only restricts which weights each task can keep")
         scores = score_net(config, model, structure=structure, **common)
+    else:
+        print(f"scoring a fresh net per task with {scoring.method} saliency over {scoring.num_batches} batch(es) "
+              f"of {scoring.batch_size} on {scoring.device}")
+        scores = score_fresh_net(config, **common)
+    if kept is not None:
         per_task, ratios = I.restricted_task_masks(scores, kept, keep, structure)
         meta.update(source=str(from_ckpt), saliency=scoring.method, keep_ratio=keep,
                     keep_ratio_of="the weights the checkpoint keeps in each task's pool",
                     pool_keep_ratios=ratios, checkpoint_sparsity=sparsity(kept))
     else:
-        print(f"scoring a fresh net per task with {scoring.method} saliency over {scoring.num_batches} batch(es) "
-              f"of {scoring.batch_size} on {scoring.device}")
-        scores = score_fresh_net(config, **common)
         if ratio is not None:
             arbiter = config["pruning"]["arbiter"]
             combined, keep = masks_for_sparsity(scores, ratio / 100.0, arbiter, structure=structure)
             meta.update(ratio=ratio, arbiter=arbiter, arbiter_sparsity=sparsity(combined))
             del combined
         per_task = task_masks(scores, keep, structure)
-        meta.update(source="fresh", saliency=scoring.method, keep_ratio=float(keep),
+        meta.update(source=str(from_ckpt) if from_ckpt else "fresh", saliency=scoring.method, keep_ratio=float(keep),
                     keep_ratio_of="each task's pool (backbone + own head)")
     del scores
 

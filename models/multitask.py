@@ -57,10 +57,11 @@ class MultiTaskNet(nn.Module):
 
 
 def build_model(config: Mapping, device: torch.device | str = "cpu", architecture: Mapping | None = None) -> MultiTaskNet:
-    """The model a resolved config describes (tasks, classes, width, memory format), on `device`; with an
-    `architecture` spec (a channel-pruned net's, `models.architecture`) its widths replace `width_mult`."""
+    """The model a resolved config describes (tasks, classes, width, head dropout `model.dropout`, default
+    0.5 as the original, memory format), on `device`; with an `architecture` spec (a channel-pruned net's,
+    `models.architecture`) its widths replace `width_mult`."""
     model = MultiTaskNet(dict(zip(config["tasks"], config["num_classes"])), config["model"]["width_mult"],
-                         architecture=architecture)
+                         dropout=float(config["model"].get("dropout", 0.5)), architecture=architecture)
     model = model.to(device)
     if config["model"].get("channels_last"):
         model = model.to(memory_format=torch.channels_last)

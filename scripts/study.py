@@ -12,7 +12,10 @@ dataloaders/synthetic_disentangled.py) x seeds x sparsities x methods:
 * the dense baseline (once per kind and seed);
 * DiSparse static (per-task SNIP, one mask per task) with each arbiter: unanimous (the paper),
   intersection, majority, mean_score; DiSparse dynamic sparse training; SNIP; random pruning;
-* per-layer IoU of the tasks' masks at each sparsity (iou_analysis.py --ratio).
+* per-layer IoU of the tasks' masks at each sparsity (iou_analysis.py --ratio), on a fresh net (the masks
+  DiSparse static prunes with) and on the trained dense baseline (iou_analysis.py --from);
+* the plateau check: once per kind (design plateau_check) the dense baseline trained twice as long, since
+  a cosine schedule ends flat whatever its length and a flat end alone proves no plateau.
 
 Pairing: within a kind and seed every net starts from the same initial weights (`--seed` seeds the
 model before it is built, and pruning keeps the surviving initial weights) and sees the same batches
@@ -38,7 +41,9 @@ import inspect
 import json
 import multiprocessing
 import os
+import resource
 import shlex
+import subprocess
 import sys
 import time
 import traceback
@@ -50,19 +55,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_report  # noqa: E402
+from fileio import atomic_write_json  # noqa: E402
 
 CONFIGS = {"shared": "configs/synthetic.yaml", "disentangled": "configs/synthetic_disentangled.yaml"}
 DATASET = "synthetic"                      # the configs' dataset name: it names every file
 ARBITERS = ("unanimous", "intersection", "majority", "mean_score")
 VARIANTS = tuple(f"disparse_static[{a}]" for a in ARBITERS) + ("disparse_dynamic", "snip", "random")
-# The full study (the choices are explained in docs/RESULTS.md) and the --quick smoke grid. `steps` is per
-# scene kind: the step count at which that kind's dense baseline has plateaued in the pilot runs.
+IOU_SOURCES = ("init", "trained")          # masks of a fresh net / of the trained dense baseline (Chain.iou)
+# The full study (the choices are explained in docs/RESULTS.md) and the --quick smoke grid. `steps` and
+# `loss_weights` are per scene kind (comparisons are within a kind); every net of a kind trains `steps` steps.
 FULL = {"kinds": ["shared", "disentangled"], "seeds": [0, 1, 2, 3, 4], "ratios": [90, 95, 98],
-        "variants": list(VARIANTS), "steps": {"shared": 600, "disentangled": 1200}, "width": 0.0625, "crop": 48,
-        "batch": 8, "lr": 2.0e-3, "decay_at": 2 / 3, "decay_rate": 0.2, "n_train": 320, "n_test": 80,
-        "size": [96, 128], "val_points": 12, "num_batches": 4}
-QUICK = {**FULL, "seeds": [0, 1], "ratios": [90], "steps": {"shared": 12, "disentangled": 12}, "crop": 32,
-         "n_train": 24, "n_test": 8, "size": [48, 64], "val_points": 3, "num_batches": 1}
+        "variants": list(VARIANTS), "steps": {"shared": 250, "disentangled": 250}, "width": 0.0625,
+        "size": [64, 80], "crop": [64, 80], "batch": 8, "lr": 2.0e-3, "weight_decay": 0.0, "schedule": "cosine",
+        "warmup": 20, "dropout": 0.0, "loss_weights": {"shared": [1.0, 5.0, 1.0], "disentangled": [1.0, 5.0, 0.1]},
+        "n_train": 320, "n_test": 80, "val_points": 12, "num_batches": 4, "trained_iou_saliency": "grad_weight2",
+        "plateau_check": {"seed": 0, "factor": 2}}
+QUICK = {**FULL, "seeds": [0, 1], "ratios": [90], "steps": {"shared": 12, "disentangled": 12}, "size": [32, 40],
+         "crop": [32, 40], "warmup": 2, "n_train": 24, "n_test": 8, "val_points": 3, "num_batches": 1}
 
 
 class StudyError(RuntimeError):
@@ -98,16 +107,20 @@ def run_cli(module_name: str, argv: Sequence[str], log: Path) -> None:
 
 
 def design_flags(design: dict, kind: str, dest: Path) -> list[str]:
-    """Flags every CLI of a kind gets: config, data root, and the design's sizes and schedule."""
+    """Flags every CLI of a kind gets: config, data root, and the design's sizes, loss weights and schedule.
+    Study runs keep their decoded samples in memory and write no TensorBoard files (JSON-lines logs only)."""
     steps = int(design["steps"][kind])
     h, w = design["size"]
-    sets = {"model.width_mult": design["width"], "data.crop_h": design["crop"], "data.crop_w": design["crop"],
-            "data.batch_size": design["batch"], "data.test_batch_size": 8, "data.num_workers": 0,
+    crop_h, crop_w = design["crop"]
+    weights = ",".join(f"{x:g}" for x in design["loss_weights"][kind])
+    sets = {"model.width_mult": design["width"], "model.dropout": design["dropout"], "loss_weights": f"[{weights}]",
+            "data.crop_h": crop_h, "data.crop_w": crop_w, "data.batch_size": design["batch"],
+            "data.test_batch_size": 8, "data.num_workers": 0, "data.cache": "true",
             "data.image_shape": f"[{h},{w}]", "synthetic.size": f"[{h},{w}]", "synthetic.n_train": design["n_train"],
             "synthetic.n_test": design["n_test"], "synthetic.seed": 0, "train.lr": design["lr"],
-            "train.lr_decay_every": max(1, round(design["decay_at"] * steps)),
-            "train.lr_decay_rate": design["decay_rate"],
-            "train.save_every": max(1, steps // 4), "train.log_every": max(1, steps // 30),
+            "train.weight_decay": design["weight_decay"],
+            "train.lr_schedule": design["schedule"], "train.warmup_iters": design["warmup"],
+            "train.tensorboard": "false", "train.save_every": max(1, steps // 4), "train.log_every": max(1, steps // 40),
             "dynamic.end": max(1, (3 * steps) // 4), "dynamic.interval": max(1, steps // 25),
             "pruning.num_batches": design["num_batches"]}
     flags = ["--config", str(ROOT / CONFIGS[kind]), "--data-root", str(dest / "data" / kind), "--device", "cpu"]
@@ -141,15 +154,17 @@ class Chain:
         self.flags = design_flags(design, kind, dest) + ["--seed", str(seed)]
         self.progress = progress
 
-    def folder(self, variant: str) -> Path:
-        return self.dir / variant.replace("[", "-").replace("]", "")
+    def folder(self, variant: str, factor: int = 1) -> Path:
+        """A run's folder; `factor` > 1: the plateau check's longer dense baseline (`baseline_x2`)."""
+        return self.dir / (variant.replace("[", "-").replace("]", "") + (f"_x{factor}" if factor > 1 else ""))
 
-    def metrics_path(self, variant: str, ratio: float | None) -> Path:
+    def metrics_path(self, variant: str, ratio: float | None, factor: int = 1) -> Path:
         method, _ = parse_variant(variant)
-        return self.folder(variant) / f"metrics_final_{run_name(method, ratio)}.json"
+        return self.folder(variant, factor) / f"metrics_final_{run_name(method, ratio)}.json"
 
-    def iou_path(self, ratio: float) -> Path:
-        return self.dir / f"iou{ratio:g}" / f"{DATASET}_iou.json"
+    def iou_path(self, ratio: float, source: str = "init") -> Path:
+        folder = f"iou{ratio:g}" if source == "init" else f"iou_{source}{ratio:g}"
+        return self.dir / folder / f"{DATASET}_iou.json"
 
     def cli(self, module: str, label: str, *argv: str) -> float:
         start = time.perf_counter()
@@ -161,18 +176,36 @@ class Chain:
         for ratio in self.design["ratios"]:
             for variant in self.design["variants"]:
                 self.train_and_evaluate(variant, ratio)
-            if not self.iou_path(ratio).is_file():
-                seconds = self.cli("iou_analysis", f"iou_{ratio:g}", "--ratio", f"{ratio:g}", "--dest",
-                                   str(self.iou_path(ratio).parent), "--no-plot", "--no-progress")
-                self.report(f"IoU at {ratio:g} %", {"iou": seconds})
+            for source in IOU_SOURCES:
+                self.iou(ratio, source)
+        if self.seed == self.design["plateau_check"]["seed"]:
+            self.train_and_evaluate("baseline", None, int(self.design["plateau_check"]["factor"]))
 
-    def train_and_evaluate(self, variant: str, ratio: float | None) -> None:
-        result = self.metrics_path(variant, ratio)
+    def iou(self, ratio: float, source: str) -> None:
+        """Per-layer IoU of the tasks' masks at the keep ratio that gives `ratio` % under the arbiter:
+        `init` scores a fresh net with SNIP (the masks DiSparse static prunes with), `trained` scores
+        the seed's trained dense baseline with design["trained_iou_saliency"] (what the tasks use once
+        learned)."""
+        path = self.iou_path(ratio, source)
+        if path.is_file():
+            return
+        extra = [] if source == "init" else [
+            "--from", str(self.folder("baseline") / f"final_{run_name('baseline', None)}.pth"),
+            "--saliency", self.design["trained_iou_saliency"]]
+        seconds = self.cli("iou_analysis", f"iou_{source}_{ratio:g}", "--ratio", f"{ratio:g}", "--dest",
+                           str(path.parent), "--no-plot", "--no-progress", *extra)
+        self.report(f"IoU ({source}) at {ratio:g} %", {"iou": seconds})
+
+    def train_and_evaluate(self, variant: str, ratio: float | None, factor: int = 1) -> None:
+        """Prune (static methods), train the design's steps (`factor` times as many: the plateau check; the
+        cosine schedule then anneals over the longer run), evaluate the final weights, drop the checkpoints
+        no later step needs."""
+        result = self.metrics_path(variant, ratio, factor)
         if result.is_file():
             return
         method, arbiter = parse_variant(variant)
-        folder, name = self.folder(variant), run_name(method, ratio)
-        label = variant + (f"_{ratio:g}" if ratio is not None else "")
+        folder, name = self.folder(variant, factor), run_name(method, ratio)
+        label = variant + (f"_{ratio:g}" if ratio is not None else "") + (f"_x{factor}" if factor > 1 else "")
         where = ["--dest", str(folder)] + (["--ratio", f"{ratio:g}"] if ratio is not None else [])
         seconds: dict[str, float] = {}
         if method not in ("baseline", "disparse_dynamic") and not (folder / f"{name}.pth").is_file():
@@ -180,8 +213,8 @@ class Chain:
                                         "--progress", "off", *(["--arbiter", arbiter] if arbiter else []))
         final = folder / f"final_{name}.pth"
         if not final.is_file():
-            steps = int(self.design["steps"][self.kind])
-            val_every = max(1, steps // int(self.design["val_points"])) if method == "baseline" else steps
+            steps = int(self.design["steps"][self.kind]) * factor
+            val_every = max(1, steps // (factor * int(self.design["val_points"]))) if method == "baseline" else steps
             resume = ["--resume"] if (folder / f"last_{name}.pth").is_file() else []
             seconds["train"] = self.cli("launch_training", f"train_{label}", "--method", method, *where,
                                         "--max-iters", str(steps), "--no-final-eval", "--progress", "off",
@@ -192,7 +225,8 @@ class Chain:
         for kind in ("last", "best"):                      # only the final weights are used from here on
             (folder / f"{kind}_{name}.pth").unlink(missing_ok=True)
         (folder / f"seconds_{name}.json").write_text(json.dumps(seconds), encoding="utf-8")
-        self.report(f"{variant} {ratio:g} %" if ratio is not None else variant, seconds)
+        self.report(f"{variant} {ratio:g} %" if ratio is not None else variant + (f" x{factor} steps" if factor > 1
+                                                                                    else ""), seconds)
 
     def report(self, what: str, seconds: dict[str, float]) -> None:
         if self.progress is not None:
@@ -224,12 +258,17 @@ def units(design: dict, dest: Path) -> list[Path]:
             chain = Chain(design, kind, seed, dest)
             files.append(chain.metrics_path("baseline", None))
             for ratio in design["ratios"]:
-                files += [chain.metrics_path(v, ratio) for v in design["variants"]] + [chain.iou_path(ratio)]
+                files += [chain.metrics_path(v, ratio) for v in design["variants"]]
+                files += [chain.iou_path(ratio, source) for source in IOU_SOURCES]
+            if seed == design["plateau_check"]["seed"]:
+                files.append(chain.metrics_path("baseline", None, int(design["plateau_check"]["factor"])))
     return files
 
 
 def count_units(design: dict) -> int:
-    return len(design["kinds"]) * len(design["seeds"]) * (1 + len(design["ratios"]) * (len(design["variants"]) + 1))
+    per_ratio = len(design["variants"]) + len(IOU_SOURCES)
+    plateau = int(design["plateau_check"]["seed"] in design["seeds"])
+    return len(design["kinds"]) * (len(design["seeds"]) * (1 + len(design["ratios"]) * per_ratio) + plateau)
 
 
 def count_finished(design: dict, dest: Path) -> int:
@@ -270,7 +309,7 @@ def learning_curve(log: Path) -> dict[str, list]:
 
 def collect(design: dict, dest: Path, command: str) -> dict:
     """results.json from the files the CLIs wrote (every run must be finished)."""
-    runs, iou, curves = [], [], []
+    runs, iou, curves, plateau = [], [], [], []   # plateau: the longer dense baseline per kind (plateau_check)
     for kind in design["kinds"]:
         for seed in design["seeds"]:
             chain = Chain(design, kind, seed, dest)
@@ -292,19 +331,93 @@ def collect(design: dict, dest: Path, command: str) -> dict:
                     curves.append({"kind": kind, "seed": seed,
                                    **learning_curve(folder / "logs" / f"{name}.jsonl")})
             for ratio in design["ratios"]:
-                data = _read_json(chain.iou_path(ratio))
-                iou.append({"kind": kind, "seed": seed, "ratio": ratio, "keep_ratio": data.get("keep_ratio"),
-                            "overall": data.get("overall"), "watershed": data.get("watershed"),
-                            "layers": [{k: layer[k] for k in ("name", "index", "kind", "all", "pairs")}
-                                       for layer in data["layers"]]})
-    return {"design": design, "command": command, "runs": runs, "iou": iou,
-            "curves": curves}
+                for source in IOU_SOURCES:
+                    data = _read_json(chain.iou_path(ratio, source))
+                    iou.append({"kind": kind, "seed": seed, "ratio": ratio, "source": source,
+                                "saliency": data.get("saliency"), "keep_ratio": data.get("keep_ratio"),
+                                "overall": data.get("overall"), "watershed": data.get("watershed"),
+                                "layers": [{k: layer[k] for k in ("name", "index", "kind", "all", "pairs")}
+                                           for layer in data["layers"]]})
+        seed, factor = design["plateau_check"]["seed"], int(design["plateau_check"]["factor"])
+        if seed in design["seeds"]:
+            chain = Chain(design, kind, seed, dest)
+            folder = chain.folder("baseline", factor)
+            plateau.append({"kind": kind, "seed": seed, "factor": factor, "steps": design["steps"][kind] * factor,
+                            "metrics": _read_json(chain.metrics_path("baseline", None, factor)),
+                            **learning_curve(folder / "logs" / f"{run_name('baseline', None)}.jsonl")})
+    return {"design": design, "command": command, "runs": runs, "iou": iou, "curves": curves, "plateau": plateau}
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, nonfinite="null", indent=1)
+
+
+# --------------------------------------------------------------------------- cost, code version, reproduction
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished children (the spawned workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def record_cost(dest: Path, entry: dict) -> dict:
+    """Append one invocation's cost to {dest}/cost.json and return the totals over all invocations (a
+    resumed study is the sum of its pieces; a killed invocation records nothing)."""
+    path = dest / "cost.json"
+    entries = _read_json(path)["invocations"] if path.is_file() else []
+    entries.append(entry)
+    totals = {"invocations": entries, "wall_seconds": sum(e["wall_seconds"] for e in entries),
+              "cpu_seconds": sum(e["cpu_seconds"] for e in entries)}
+    write_json_atomic(path, totals)
+    return totals
+
+
+def code_version() -> dict:
+    """The commit the study runs on, and whether tracked files differ from it (taken when an invocation
+    starts; each invocation's is kept in cost.json, the last one's in results.json)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+        except OSError:
+            return ""
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def _numbers(tree: Any, prefix: str = "") -> dict[str, float | None]:
+    """Every number of a nested dict/list as {dotted path: value} (None kept: an undefined metric)."""
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _numbers(value, f"{prefix}{key}.").items()}
+    if isinstance(tree, list):
+        return {k: v for i, value in enumerate(tree) for k, v in _numbers(value, f"{prefix}{i}.").items()}
+    if tree is None or (isinstance(tree, (int, float)) and not isinstance(tree, bool)):
+        return {prefix.rstrip("."): tree}
+    return {}
+
+
+def compare_results(results: dict, reference: dict, tolerance: float) -> list[str]:
+    """Differences between the runs and IoU analyses of `results` and the same ones in `reference` (every
+    metric and every per-layer IoU; relative to the reference value, `tolerance` allowed). Empty: same."""
+    def index(data: dict) -> dict:
+        runs = {("run", r["kind"], r["seed"], r["variant"], float(r["ratio"])): r["metrics"] for r in data["runs"]}
+        ious = {("iou", r["kind"], r["seed"], r.get("source", "init"), float(r["ratio"])): r["layers"]
+                for r in data["iou"]}
+        return {**runs, **ious}
+    ours, theirs = index(results), index(reference)
+    problems = []
+    for key, value in ours.items():
+        if key not in theirs:
+            problems.append(f"{key}: not in the reference")
+            continue
+        a, b = _numbers(value), _numbers(theirs[key])
+        for name in sorted(set(a) | set(b)):
+            x, y = a.get(name), b.get(name)
+            if x is None or y is None:
+                if x is not y:
+                    problems.append(f"{key} {name}: {x} vs reference {y}")
+            elif abs(x - y) > tolerance * max(abs(y), 1e-12):
+                problems.append(f"{key} {name}: {x!r} vs reference {y!r}")
+    return problems
 
 
 # --------------------------------------------------------------------------- main
@@ -336,6 +449,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ratios", type=float, nargs="+", default=None)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
                         help="pruned methods to run (default: all); the dense baseline always runs")
+    parser.add_argument("--compare", default=None, metavar="RESULTS_JSON",
+                        help="after the runs, compare every metric and IoU with the same runs in this results JSON "
+                             "(e.g. docs/study/results.json) instead of writing a report; exit 1 on a difference")
+    parser.add_argument("--tolerance", type=float, default=1e-6,
+                        help="relative difference --compare accepts (default 1e-6; CPU runs of one commit are equal)")
     parser.add_argument("--steps", type=steps_per_kind, default=None, metavar="N|KIND=N,...",
                         help="training steps of every net: one number for both kinds, or per kind "
                              "(shared=600,disentangled=1200)")
@@ -391,7 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.setdefault("OMP_NUM_THREADS", "1")
             os.environ.setdefault("MKL_NUM_THREADS", "1")
             generate_data(design, dest)
-            start, done = time.time(), count_finished(design, dest)
+            start, cpu_start, done = time.time(), cpu_seconds(), count_finished(design, dest)
+            code = code_version()                          # what this invocation runs (the tree may change later)
             steps = ", ".join(f"{design['steps'][k]} ({k})" for k in design["kinds"])
             print(f"study in {dest}: {count_units(design)} runs ({done} done), {len(design['kinds'])} kinds x "
                   f"{len(design['seeds'])} seeds, ratios {design['ratios']}, steps per net {steps}, "
@@ -409,11 +528,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                                for kind, seed in chains]
                     for future in futures:
                         future.result()
-            write_json_atomic(results_path, collect(design, dest, command))
-            print(f"all runs finished in {(time.time() - start) / 60:.1f} min; wrote {results_path}", flush=True)
+            wall, cpu = time.time() - start, cpu_seconds() - cpu_start
+            cost = record_cost(dest, {"wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+                                      "runs": count_finished(design, dest) - done, "jobs": args.jobs, "code": code,
+                                      "load_average_at_end": [round(x, 2) for x in os.getloadavg()]})
+            results = {**collect(design, dest, command), "code": code, "cost": cost}
+            write_json_atomic(results_path, results)
+            print(f"all runs finished: {wall / 60:.1f} min wall, {cpu / 60:.1f} CPU-minutes in this invocation "
+                  f"(study total {cost['wall_seconds'] / 60:.1f} min wall, {cost['cpu_seconds'] / 60:.1f} CPU-min); "
+                  f"wrote {results_path}", flush=True)
         if not results_path.is_file():
             raise StudyError(f"{results_path} not found: run the study first (without --report-only)")
-        path = study_report.write_report(_read_json(results_path), report_dir)
+        results = _read_json(results_path)
+        if args.compare:
+            problems = compare_results(results, _read_json(Path(args.compare)), args.tolerance)
+            for line in problems[:40]:
+                print(f"differs: {line}")
+            print(f"compared {len(results['runs'])} runs and {len(results['iou'])} IoU analyses with {args.compare}: "
+                  + (f"{len(problems)} difference(s) beyond relative tolerance {args.tolerance:g}" if problems
+                     else f"all equal within relative tolerance {args.tolerance:g}"))
+            return 1 if problems else 0
+        path = study_report.write_report(results, report_dir)
         print(f"wrote {path}")
         return 0
     except StudyError as exc:

@@ -177,6 +177,39 @@ def mean_iou(record: Mapping[str, Any]) -> float:
     return statistics.fmean(layers)
 
 
+IOU_SOURCES = {"init": "at initialisation (SNIP on a fresh net)", "trained": "of the trained dense baseline"}
+
+
+def iou_records(results: Mapping[str, Any], kind: str, ratio: float, source: str = "init") -> list[Mapping]:
+    """The IoU analyses of one kind, ratio and source (`init` when a record names none)."""
+    return [r for r in results["iou"] if r["kind"] == kind and float(r["ratio"]) == float(ratio)
+            and r.get("source", "init") == source]
+
+
+def iou_sources(results: Mapping[str, Any]) -> list[str]:
+    found = {r.get("source", "init") for r in results["iou"]}
+    return [source for source in IOU_SOURCES if source in found]
+
+
+def overlap_and_gain(results: Mapping[str, Any], ratio: float, source: str,
+                     variant: str = "disparse_static[unanimous]") -> list[tuple[str, int, float, float]]:
+    """(kind, seed, mean backbone IoU, Δm of `variant` minus SNIP) for every kind and seed with both."""
+    points = []
+    for kind in results["design"]["kinds"]:
+        seeds, gains = paired_difference(results, kind, ratio, variant, "snip", METRICS[0])
+        ious = {int(r["seed"]): mean_iou(r) for r in iou_records(results, kind, ratio, source)}
+        points += [(kind, seed, ious[seed], gain) for seed, gain in zip(seeds, gains) if seed in ious]
+    return points
+
+
+def correlation(points: Sequence[tuple[str, int, float, float]]) -> tuple[float, float]:
+    """Pearson r of IoU against gain over the points, and its two-sided p (NaN with fewer than 3 points)."""
+    if len(points) < 3 or len({p[2] for p in points}) < 2 or len({p[3] for p in points}) < 2:
+        return math.nan, math.nan
+    result = stats.pearsonr([p[2] for p in points], [p[3] for p in points])
+    return float(result[0]), float(result[1])
+
+
 # --------------------------------------------------------------------------- Markdown
 
 def _fmt(value: float, digits: int = 2) -> str:
@@ -265,15 +298,39 @@ def significant_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def iou_table(results: Mapping[str, Any]) -> str:
-    """Mean backbone IoU of the tasks' masks per kind and ratio, next to DiSparse static's Δm gain on SNIP."""
-    header = ["kind", "ratio", "mean backbone IoU [95 % CI]", "Δm: disparse_static[unanimous] − snip [95 % CI]"]
+    """Mean backbone IoU of the tasks' masks per kind, ratio and source, next to DiSparse static's Δm gain on
+    SNIP, and the correlation of the two over kinds and seeds."""
+    header = ["ratio", "kind"] + [f"mean backbone IoU {IOU_SOURCES[s]} [95 % CI]" for s in iou_sources(results)] + [
+        "Δm: disparse_static[unanimous] − snip [95 % CI]"]
     rows = []
-    for kind in results["design"]["kinds"]:
-        for ratio in results["design"]["ratios"]:
-            ious = [mean_iou(r) for r in results["iou"] if r["kind"] == kind and float(r["ratio"]) == float(ratio)]
+    for ratio in results["design"]["ratios"]:
+        for kind in results["design"]["kinds"]:
+            cells = []
+            for source in iou_sources(results):
+                ious = [mean_iou(r) for r in iou_records(results, kind, ratio, source)]
+                cells.append(_ci(t_interval(ious), 3) if ious else "–")
             _, diffs = paired_difference(results, kind, ratio, "disparse_static[unanimous]", "snip", METRICS[0])
-            rows.append([kind, f"{ratio:g}", _ci(t_interval(ious), 3) if ious else "–",
-                         _ci(t_interval(diffs)) if diffs else "–"])
+            rows.append([f"{ratio:g}", kind] + cells + [_ci(t_interval(diffs)) if diffs else "–"])
+    lines = [_table(header, rows), ""]
+    for source in iou_sources(results):
+        for ratio in results["design"]["ratios"]:
+            points = overlap_and_gain(results, ratio, source)
+            r, p = correlation(points)
+            lines.append(f"- {ratio:g} %, IoU {IOU_SOURCES[source]}: Pearson r(IoU, Δm gain over SNIP) = {_fmt(r)} "
+                         f"(p = {_fmt(p, 3)}, {len(points)} kind × seed points)")
+    return "\n".join(lines)
+
+
+def overlap_per_seed_table(results: Mapping[str, Any]) -> str:
+    """Per kind and seed: mean backbone IoU (each source) and DiSparse static's Δm gain over SNIP, per ratio."""
+    sources = iou_sources(results)
+    header = ["ratio", "kind", "seed"] + [f"IoU {s}" for s in sources] + ["Δm gain over SNIP"]
+    rows = []
+    for ratio in results["design"]["ratios"]:
+        by_source = {s: {(k, seed): iou for k, seed, iou, _ in overlap_and_gain(results, ratio, s)} for s in sources}
+        for kind, seed, _, gain in overlap_and_gain(results, ratio, sources[0]) if sources else []:
+            rows.append([f"{ratio:g}", kind, str(seed)] + [_fmt(by_source[s].get((kind, seed)), 3) for s in sources]
+                        + [_fmt(gain)])
     return _table(header, rows)
 
 
@@ -290,34 +347,93 @@ def interaction_table(results: Mapping[str, Any]) -> str:
     return _table(header, rows)
 
 
+PLATEAU_TOLERANCE = 0.02     # a dense baseline has plateaued when no loss fell by 2 % or more over the last quarter
+
+
+def plateau_rows(results: Mapping[str, Any], kind: str) -> list[dict[str, Any]]:
+    """Per loss (weighted sum and each task) of one kind's dense baselines: the validation loss at the first
+    validation, at 3/4 of the steps and at the end (means over seeds), and the relative change over the
+    last quarter, (end − 3/4) / 3/4, per seed; `plateaued` when every seed's change is above −2 %."""
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for curve in results["curves"]:
+        if curve["kind"] != kind or not curve["val"]:
+            continue
+        points = {int(p[0]): {"weighted sum": p[1], **(p[2] if len(p) > 2 else {})} for p in curve["val"]}
+        last = max(points)
+        mark = min(points, key=lambda it: abs(it - 0.75 * last))
+        for name in points[last]:
+            series.setdefault(name, []).append((points[min(points)][name], points[mark][name], points[last][name]))
+    rows = []
+    for name, triples in series.items():
+        changes = [(end - quarter) / quarter for _, quarter, end in triples if quarter]
+        rows.append({"loss": name, "seeds": len(triples),
+                     **{key: statistics.fmean(t[i] for t in triples) for i, key in enumerate(("first", "quarter", "end"))},
+                     "changes": changes, "worst": min(changes) if changes else math.nan,
+                     "plateaued": bool(changes) and min(changes) > -PLATEAU_TOLERANCE})
+    return rows
+
+
 def plateau_table(results: Mapping[str, Any]) -> str:
-    """Dense baselines: validation loss (weighted sum and per task) at 3/4 of the steps and at the end, mean
-    over seeds, with the relative change over the last quarter."""
+    """Dense baselines: has the validation loss plateaued (criterion: `plateau_rows`)?"""
     header = ["kind", "seeds", "loss", "at 1st validation", "at 3/4 steps", "at the end",
-              "change over the last quarter"]
+              "change over the last quarter (mean)", "largest fall (worst seed)", "plateaued (< 2 % fall)"]
     rows = []
     for kind in results["design"]["kinds"]:
-        series: dict[str, list[tuple[float, float, float]]] = {}
-        for curve in results["curves"]:
-            if curve["kind"] != kind or not curve["val"]:
-                continue
-            points = {int(p[0]): {"weighted sum": p[1], **(p[2] if len(p) > 2 else {})} for p in curve["val"]}
-            last = max(points)
-            mark = min(points, key=lambda it: abs(it - 0.75 * last))
-            for name in points[last]:
-                series.setdefault(name, []).append((points[min(points)][name], points[mark][name], points[last][name]))
-        for name, triples in series.items():
-            first, quarter, end = (statistics.fmean(t[i] for t in triples) for i in range(3))
-            rows.append([kind, str(len(triples)), name, _fmt(first, 4), _fmt(quarter, 4), _fmt(end, 4),
-                         f"{100 * (end - quarter) / quarter:+.1f} %" if quarter else "–"])
+        for row in plateau_rows(results, kind):
+            mean_change = (row["end"] - row["quarter"]) / row["quarter"] if row["quarter"] else math.nan
+            rows.append([kind, str(row["seeds"]), row["loss"], _fmt(row["first"], 4), _fmt(row["quarter"], 4),
+                         _fmt(row["end"], 4), f"{100 * mean_change:+.1f} %", f"{100 * row['worst']:+.1f} %",
+                         "yes" if row["plateaued"] else "**no**"])
     return _table(header, rows)
+
+
+def longer_training_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The plateau check: a cosine schedule flattens the loss at its end by construction, so a flat end
+    says little. One dense baseline per kind trained `factor` times longer (same seed, same data order)
+    shows how much lower the loss still goes: per loss (weighted sum and each task) and per main metric,
+    the design's value, the longer run's, and the relative change (long − design) / design."""
+    rows = []
+    for record in results.get("plateau", []):
+        (short,) = [c for c in results["curves"] if c["kind"] == record["kind"] and c["seed"] == record["seed"]]
+        (run,) = [r for r in results["runs"] if r["kind"] == record["kind"] and r["seed"] == record["seed"]
+                  and r["variant"] == BASELINE]
+        ends = {"short": short["val"][-1], "long": record["val"][-1]}
+        values = {which: {"val loss (weighted sum)": end[1], **{f"val loss {t}": v for t, v in end[2].items()}}
+                  for which, end in ends.items()}
+        for metric in METRICS[1:]:
+            values["short"][metric.label] = metric.value(run["metrics"])
+            values["long"][metric.label] = metric.value(record["metrics"])
+        for name, value in values["short"].items():
+            long_value = values["long"][name]
+            rows.append({"kind": record["kind"], "seed": record["seed"], "name": name, "steps": ends["short"][0],
+                         "long_steps": ends["long"][0], "value": value, "long_value": long_value,
+                         "change": (long_value - value) / value if value else math.nan})
+    return rows
+
+
+def longer_training_table(results: Mapping[str, Any]) -> str:
+    header = ["kind", "seed", "quantity", "steps", "value", "steps (longer run)", "value (longer run)",
+              "relative change"]
+    rows = [[r["kind"], str(r["seed"]), r["name"], str(r["steps"]), _fmt(r["value"], 4), str(r["long_steps"]),
+             _fmt(r["long_value"], 4), f"{100 * r['change']:+.1f} %"] for r in longer_training_rows(results)]
+    return _table(header, rows) if rows else "no longer baseline in this study"
 
 
 def timing_line(results: Mapping[str, Any]) -> str:
     seconds = [sum(run.get("seconds", {}).values()) for run in results["runs"]]
-    return (f"{len(results['runs'])} training runs, {len(results['iou'])} IoU analyses; "
-            f"summed run time {sum(seconds) / 60:.1f} min (per run: median {statistics.median(seconds):.1f} s)"
-            if seconds else "no runs")
+    if not seconds:
+        return "no runs"
+    line = (f"{len(results['runs'])} training runs, {len(results['iou'])} IoU analyses; summed wall time of the runs "
+            f"{sum(seconds) / 60:.1f} min (per run: median {statistics.median(seconds):.1f} s)")
+    cost = results.get("cost")
+    if cost:
+        line += (f"; the study took {cost['wall_seconds'] / 60:.1f} min wall and {cost['cpu_seconds'] / 60:.1f} "
+                 f"CPU-minutes (user + system of all its processes; / 2 = "
+                 f"{cost['cpu_seconds'] / 120:.1f} min on two free cores)")
+    code = results.get("code")
+    if code and code.get("commit"):
+        line += f"; code {code['commit'][:12]}{' (with uncommitted changes)' if code.get('dirty') else ''}"
+    return line
 
 
 def markdown(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], figures: Sequence[str]) -> str:
@@ -332,9 +448,11 @@ def markdown(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], figu
               "", "## Paired differences of each metric (signed so that positive = the DiSparse variant is better; "
               "▲ / ▼ significantly better / worse)", "", metric_matrix(rows)]
     parts += ["", "## Task overlap (per-layer IoU of the tasks' masks) and DiSparse's gain", "", iou_table(results),
+              "", "Per seed:", "", overlap_per_seed_table(results),
               "", "## Does the gain grow when the tasks share less? (per seed, disentangled minus shared)", "",
               interaction_table(results), "", "## Dense baselines: has the validation loss plateaued?", "",
-              plateau_table(results), ""]
+              plateau_table(results), "", "## How far from a true plateau? The same dense baseline trained longer", "",
+              longer_training_table(results), ""]
     parts += [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
     return "\n".join(parts) + "\n"
 
@@ -358,12 +476,30 @@ def _panels(count: int, height: float, sharey: bool = False):
 
 def _finish(fig, axes, ylabel: str, path: Path) -> None:
     """Label and legend on the first panel, then write the PNG and free the figure."""
-    import matplotlib.pyplot as plt
+    _finish_row(axes, ylabel)
+    _save(fig, path)
+
+
+def _finish_row(axes, ylabel: str) -> None:
     axes[0].set_ylabel(ylabel)
     axes[0].legend(fontsize=7)
+
+
+def _save(fig, path: Path) -> None:
+    """Write the PNG and free the figure."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _source_ratio_grid(results: Mapping[str, Any], width: float, height: float, sharey: bool = False):
+    """A figure with one row per IoU source and one panel per ratio: (fig, [(row, source, [(ax, ratio)])])."""
+    import matplotlib.pyplot as plt
+    ratios, sources = list(results["design"]["ratios"]), iou_sources(results)
+    fig, axes = plt.subplots(len(sources), len(ratios), figsize=(width * len(ratios), height * len(sources)),
+                             squeeze=False, sharey=sharey)
+    return fig, [(list(row), source, list(zip(row, ratios))) for row, source in zip(axes, sources)]
 
 
 def plot_metrics(results: Mapping[str, Any], kind: str, path: Path) -> None:
@@ -385,9 +521,7 @@ def plot_metrics(results: Mapping[str, Any], kind: str, path: Path) -> None:
     handles, labels = axes.flat[0].get_legend_handles_labels()
     axes.flat[-1].legend(handles, labels, loc="center")
     fig.suptitle(f"{kind} scenes: mean over seeds with 95 % t-intervals")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_gains(results: Mapping[str, Any], path: Path) -> None:
@@ -406,41 +540,89 @@ def plot_gains(results: Mapping[str, Any], path: Path) -> None:
 
 
 def plot_iou(results: Mapping[str, Any], path: Path) -> None:
-    """Per-layer IoU of the tasks' masks (all tasks) over the backbone, both kinds, one panel per ratio."""
-    ratios = list(results["design"]["ratios"])
-    fig, axes = _panels(len(ratios), 4.5, sharey=True)
-    for ax, ratio in zip(axes, ratios):
-        for kind in results["design"]["kinds"]:
-            records = [r for r in results["iou"] if r["kind"] == kind and float(r["ratio"]) == float(ratio)]
-            if not records:
-                continue
-            per_layer = list(zip(*[[layer["all"] for layer in r["layers"] if layer["kind"] == "conv"]
-                                   for r in records]))
-            _band(ax, list(range(len(per_layer))), [t_interval(list(v)) for v in per_layer], kind)
-        ax.set_title(f"{ratio:g} % sparsity: tasks' mask IoU per backbone conv layer")
-        ax.set_xlabel("backbone conv layer (forward order)")
-    _finish(fig, axes, "IoU of the tasks' keep masks", path)
+    """Per-layer IoU of the tasks' masks (all tasks) over the backbone, both kinds: one row per source (fresh
+    net, trained baseline), one panel per ratio, 95 % t-interval bands over seeds."""
+    fig, grid = _source_ratio_grid(results, 7, 4.5, sharey=True)
+    for row, source, panels in grid:
+        for ax, ratio in panels:
+            for kind in results["design"]["kinds"]:
+                records = iou_records(results, kind, ratio, source)
+                if not records:
+                    continue
+                per_layer = list(zip(*[[layer["all"] for layer in r["layers"] if layer["kind"] == "conv"]
+                                       for r in records]))
+                _band(ax, list(range(len(per_layer))), [t_interval(list(v)) for v in per_layer], kind)
+            ax.set_title(f"{ratio:g} %: mask IoU {IOU_SOURCES[source]}", fontsize=10)
+            ax.set_xlabel("backbone conv layer (forward order)")
+        _finish_row(row, "IoU of the tasks' keep masks")
+    _save(fig, path)
+
+
+def plot_overlap_gain(results: Mapping[str, Any], path: Path) -> None:
+    """DiSparse static's Δm gain over SNIP against the mean backbone IoU, one point per kind and seed; one row
+    per IoU source, one panel per ratio."""
+    fig, grid = _source_ratio_grid(results, 5, 4)
+    for row, source, panels in grid:
+        for ax, ratio in panels:
+            points = overlap_and_gain(results, ratio, source)
+            for kind in results["design"]["kinds"]:
+                mine = [p for p in points if p[0] == kind]
+                ax.scatter([p[2] for p in mine], [p[3] for p in mine], label=kind)
+            ax.axhline(0, color="black", linewidth=0.8)
+            r, _ = correlation(points)
+            ax.set_title(f"{ratio:g} %, IoU {source}: r = {_fmt(r)}", fontsize=10)
+            ax.set_xlabel("mean backbone IoU of the tasks' masks")
+        _finish_row(row, "Δm(DiSparse unanimous) − Δm(SNIP)")
+    _save(fig, path)
 
 
 def plot_curves(results: Mapping[str, Any], path: Path) -> None:
-    """Dense baselines' validation loss (test split) and training loss against steps, every seed."""
+    """Dense baselines' validation losses (test split) against steps, every seed: the weighted sum (with the
+    training loss, faint) and each task's loss, one row per kind; dashed black: the plateau check's longer
+    baseline (its own cosine schedule over more steps)."""
+    import matplotlib.pyplot as plt
     kinds = results["design"]["kinds"]
-    fig, axes = _panels(len(kinds), 4.5)
-    for ax, kind in zip(axes, kinds):
-        for curve in results["curves"]:
-            if curve["kind"] != kind:
-                continue
-            line, = ax.plot([p[0] for p in curve["val"]], [p[1] for p in curve["val"]], marker=".",
-                            label=f"seed {curve['seed']} validation")
-            ax.plot([p[0] for p in curve["train"]], [p[1] for p in curve["train"]], color=line.get_color(),
-                    alpha=0.35, linewidth=0.8)
-        ax.set_title(f"{kind}: dense baseline loss (dots: validation, faint: training)")
-        ax.set_xlabel("step")
-    _finish(fig, axes, "weighted multitask loss", path)
+    tasks = sorted({t for c in results["curves"] for p in c["val"] if len(p) > 2 for t in p[2]})
+    fig, axes = plt.subplots(len(kinds), 1 + len(tasks), figsize=(4.5 * (1 + len(tasks)), 3.8 * len(kinds)),
+                             squeeze=False)
+    for row, kind in zip(axes, kinds):
+        for curve in (c for c in results["curves"] if c["kind"] == kind):
+            steps = [p[0] for p in curve["val"]]
+            line, = row[0].plot(steps, [p[1] for p in curve["val"]], marker=".", label=f"seed {curve['seed']}")
+            row[0].plot([p[0] for p in curve["train"]], [p[1] for p in curve["train"]], color=line.get_color(),
+                        alpha=0.3, linewidth=0.8)
+            for ax, task in zip(row[1:], tasks):
+                ax.plot(steps, [p[2].get(task, math.nan) for p in curve["val"]], marker=".", color=line.get_color())
+        for record in (r for r in results.get("plateau", []) if r["kind"] == kind):
+            steps = [p[0] for p in record["val"]]
+            style = dict(color="black", linestyle="--", linewidth=1)
+            row[0].plot(steps, [p[1] for p in record["val"]], label=f"seed {record['seed']}, {record['steps']} steps",
+                        **style)
+            for ax, task in zip(row[1:], tasks):
+                ax.plot(steps, [p[2].get(task, math.nan) for p in record["val"]], **style)
+        row[0].set_title(f"{kind}: weighted loss (faint: training)", fontsize=10)
+        for ax, task in zip(row[1:], tasks):
+            ax.set_title(f"{kind}: {task} validation loss", fontsize=10)
+        for ax in row:
+            ax.set_xlabel("step")
+        row[0].legend(fontsize=7)
+    _save(fig, path)
+
+
+BULK_RUN_FIELDS = ("train_curve", "pruning")    # per-run training curves and per-layer kept counts: no table uses them
+
+
+def per_seed_results(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The results without the bulk per-run fields: every number a table, interval or plot of the report is
+    computed from (per-seed metrics, IoU per layer, the baselines' curves, cost), small enough to keep
+    beside the report, and enough to rebuild it (`study_report.py per_seed_results.json`)."""
+    return {**results, "runs": [{k: v for k, v in run.items() if k not in BULK_RUN_FIELDS}
+                                for run in results["runs"]]}
 
 
 def write_report(results: Mapping[str, Any], out_dir: str | Path, plots: bool = True) -> Path:
-    """STUDY.md (+ contrasts.json and PNGs) in `out_dir` from the results alone; returns the Markdown path."""
+    """STUDY.md (+ contrasts.json, per_seed_results.json and PNGs) in `out_dir` from the results alone;
+    returns the Markdown path."""
     import matplotlib
     matplotlib.use("Agg")
     out = Path(out_dir)
@@ -451,12 +633,15 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, plots: bool = 
         for kind in results["design"]["kinds"]:
             figures.append(out / f"metrics_{kind}.png")
             plot_metrics(results, kind, figures[-1])
-        for name, plot in (("gain_over_snip", plot_gains), ("iou_layers", plot_iou), ("baseline_curves", plot_curves)):
+        for name, plot in (("gain_over_snip", plot_gains), ("iou_layers", plot_iou),
+                           ("overlap_vs_gain", plot_overlap_gain), ("baseline_curves", plot_curves)):
             figures.append(out / f"{name}.png")
             plot(results, figures[-1])
     serialisable = [{**{k: v for k, v in row.items() if k != "interval"}, **vars(row["interval"]),
                      "significant": row["interval"].significant} for row in rows]
     (out / "contrasts.json").write_text(json.dumps(serialisable, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+    (out / "per_seed_results.json").write_text(json.dumps(per_seed_results(results), indent=1, allow_nan=True) + "\n",
+                                               encoding="utf-8")
     path = out / "STUDY.md"
     path.write_text(markdown(results, rows, [str(f) for f in figures]), encoding="utf-8")
     return path

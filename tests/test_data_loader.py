@@ -143,3 +143,19 @@ def test_worker_errors_stay_one_line(synthetic_root, tmp_path):
         list(loader)
     message = str(info.value)
     assert "\n" not in message and "missing" in message and "test_00001.png" in message
+
+
+def test_cache_gives_the_same_batches_and_reads_each_file_once(synthetic_root, monkeypatch):
+    reads = []
+    original = NYUv2.load_maps
+    monkeypatch.setattr(NYUv2, "load_maps", lambda self, index: reads.append(index) or original(self, index))
+    plain = build_loader(_config(synthetic_root), "train", seed=5)
+    expected = [_epoch(plain), _epoch(plain)]
+    reads.clear()
+    cached = build_loader(_config(synthetic_root, cache=True), "train", seed=5)
+    assert _same(_epoch(cached), expected[0]) and _same(_epoch(cached), expected[1])
+    assert sorted(reads) == list(range(8))                   # 8 train images, each decoded once in two epochs
+    test = build_dataset(_config(synthetic_root, cache=True), "test")
+    first = test[0]
+    first["img"].add_(1000.0)                                # a caller altering its sample ...
+    assert torch.equal(test[0]["img"], build_dataset(_config(synthetic_root), "test")[0]["img"])  # ... not the cache

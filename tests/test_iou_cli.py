@@ -1,6 +1,7 @@
 """iou_analysis.py: one-line errors for bad checkpoints and arguments (subprocess, exit code 2)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,14 +42,35 @@ def checkpoints(tmp_path_factory):
     wrong = folder / "wrong_tasks.pth"
     atomic_save(make_checkpoint(other_model.state_dict(), other, "disparse_static",
                                 masks=dense_masks(other_model), sparsity=0.0), wrong)
+    pruned = folder / "pruned.pth"
+    atomic_save(make_checkpoint(model.state_dict(), config, "disparse_static", masks=dense_masks(model),
+                                sparsity=0.0), pruned)
     garbage = folder / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    return {"dense": dense, "wrong": wrong, "garbage": garbage}
+    return {"dense": dense, "pruned": pruned, "wrong": wrong, "garbage": garbage}
 
 
-def test_checkpoint_without_masks_is_a_one_line_error(checkpoints, tmp_path):
-    proc = run_cli("--dataset", "synthetic", "--from", checkpoints["dense"], "--dest", tmp_path)
-    assert_one_line_error(proc, "no masks")
+def test_dense_checkpoint_is_cut_like_a_fresh_net(checkpoints, tmp_path):
+    """A dense checkpoint (a trained baseline) is scored as it is. Magnitude scores are the same for every
+    task, so in each backbone layer the tasks' kept sets are nested (one threshold on one ranking, moved
+    only by the different head sizes in the pools): the IoU of all tasks is the smallest kept count over
+    the largest."""
+    proc = run_cli("--dataset", "synthetic", "--from", checkpoints["dense"], "--saliency", "magnitude",
+                   "--ratio", "90", "--dest", tmp_path, "--no-plot", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "synthetic_iou.json").read_text())
+    assert record["source"] == str(checkpoints["dense"]) and record["saliency"] == "magnitude"
+    assert abs(record["arbiter_sparsity"] - 0.9) <= 0.0005
+    for layer in record["layers"]:
+        counts = list(layer["kept"].values())
+        expected = min(counts) / max(counts) if max(counts) else 1.0
+        assert layer["all"] == pytest.approx(expected), layer["name"]
+    assert min(layer["all"] for layer in record["layers"]) < 1.0      # the head sizes do move the thresholds
+
+
+def test_pruned_checkpoint_with_ratio_is_a_one_line_error(checkpoints, tmp_path):
+    proc = run_cli("--dataset", "synthetic", "--from", checkpoints["pruned"], "--ratio", "90", "--dest", tmp_path)
+    assert_one_line_error(proc, "--ratio cannot be combined with --from of a pruned checkpoint")
     assert not list(tmp_path.iterdir())
 
 

@@ -43,7 +43,8 @@ def _results() -> dict:
                 gain = EXTRA_GAIN[i] if kind == "disentangled" and variant == DISPARSE else 0.0
                 runs.append({"kind": kind, "seed": seed, "variant": variant, "ratio": 90,
                              "metrics": _metrics(DELTA_M[variant][i] + gain, ANGLE[variant][i]),
-                             "seconds": {"prune": 1.0, "train": 10.0, "eval": 1.0}})
+                             "seconds": {"prune": 1.0, "train": 10.0, "eval": 1.0},
+                             "train_curve": [[40, 1.5]], "pruning": {"a": {"kept": 3}}})
     layers = [{"name": "a", "index": 0, "kind": "conv", "all": 0.2, "pairs": {}},
               {"name": "b", "index": 1, "kind": "conv", "all": 0.4, "pairs": {}},
               {"name": "c", "index": 2, "kind": "shortcut", "all": 0.9, "pairs": {}}]
@@ -53,7 +54,11 @@ def _results() -> dict:
                "train": [[10, 2.5], [40, 1.1]]} for kind in ("shared", "disentangled") for seed in SEEDS]
     design = {"kinds": ["shared", "disentangled"], "seeds": SEEDS, "ratios": [90],
               "variants": [DISPARSE, "snip", "random"]}
-    return {"design": design, "command": "python scripts/study.py", "runs": runs, "iou": iou, "curves": curves}
+    # the plateau check: shared seed 0's baseline trained twice as long (curves above end at step 40, loss 0.9)
+    plateau = [{"kind": "shared", "seed": 0, "factor": 2, "steps": 80, "metrics": _metrics(None, 27.0),
+                "val": [[40, 1.0, {}], [80, 0.81, {}]], "train": [[80, 0.8]]}]
+    return {"design": design, "command": "python scripts/study.py", "runs": runs, "iou": iou, "curves": curves,
+            "plateau": plateau}
 
 
 def _hand_interval(diffs: list[float]) -> tuple[float, float, float]:
@@ -118,14 +123,23 @@ def test_report_from_the_json_alone(tmp_path):
     text = (tmp_path / "out" / "STUDY.md").read_text()
     assert "| shared | 90 | disparse_static[unanimous] | snip | 1.80 [0.37, 3.23] |" in text
     assert "- shared, 90 %: disparse_static[unanimous] is WORSE than random on Δm% by -2.20 [-2.54, -1.86]" in text
-    assert "| disentangled | 90 | 0.300 [0.300, 0.300] |" in text                 # IoU table
+    assert "| 90 | disentangled | 0.300 [0.300, 0.300] | 3.60 [1.14, 6.06] |" in text   # IoU table: EXTRA_GAIN + 1.8
     assert "| 90 | disparse_static[unanimous] | snip | 1.80 [0.76, 2.84] | **better** |" in text   # interaction
     assert "| shared | 5 | weighted sum | 2.0000 | 1.0000 | 0.9000 | -10.0 % |" in text   # plateau: 30 vs 40
+    # longer run: 0.9 -> 0.81 is -10 %; SN mean angle 29 -> 27 degrees is -2/29 = -6.9 %
+    assert "| shared | 0 | val loss (weighted sum) | 40 | 0.9000 | 80 | 0.8100 | -10.0 % |" in text
+    assert "| shared | 0 | SN mean° | 40 | 29.0000 | 80 | 27.0000 | -6.9 % |" in text
     for png in ("metrics_shared", "metrics_disentangled", "gain_over_snip", "iou_layers", "baseline_curves"):
         assert (tmp_path / "out" / f"{png}.png").stat().st_size > 5000
     stored = json.loads((tmp_path / "out" / "contrasts.json").read_text())
     assert any(r["significant"] and r["metric"] == "Δm%" and r["reference"] == "snip" for r in stored)
     assert report.main([str(tmp_path / "missing.json")]) == 2
+    # the small per-seed copy beside the report rebuilds the same report (tables and intervals)
+    kept = json.loads((tmp_path / "out" / "per_seed_results.json").read_text())
+    assert "train_curve" not in json.dumps(kept) and len(kept["runs"]) == len(_results()["runs"])
+    assert report.main([str(tmp_path / "out" / "per_seed_results.json"), "--out", str(tmp_path / "again"),
+                        "--no-plots"]) == 0
+    assert (tmp_path / "again" / "contrasts.json").read_text() == (tmp_path / "out" / "contrasts.json").read_text()
 
 
 def test_run_cli_adapter(tmp_path, monkeypatch):
@@ -158,18 +172,21 @@ def test_design_guard_names_and_logs(tmp_path):
         study.check_design({**design, "steps": {"shared": 5, "disentangled": 12}}, tmp_path)
     assert study.steps_per_kind("300") == {"shared": 300, "disentangled": 300}
     assert study.resolve_design(study.parse_args(["--steps", "disentangled=40"]))["steps"] == \
-        {"shared": 600, "disentangled": 40}
+        {"shared": 250, "disentangled": 40}
     with pytest.raises(SystemExit):
         study.parse_args(["--steps", "cartoon=3"])
     assert study.parse_variant("disparse_static[mean_score]") == ("disparse_static", "mean_score")
     assert study.parse_variant("snip") == ("snip", None)
     assert study.run_name("snip", 92.5) == "synthetic_snip_92.5" and study.run_name("baseline", None) == \
         "synthetic_baseline"
-    assert study.count_units(study.FULL) == 2 * 5 * (1 + 3 * 8)
-    assert study.count_units({**study.FULL, "variants": ["snip"]}) == 2 * 5 * (1 + 3 * 2)
+    # per kind: 5 seeds x (baseline + 3 ratios x (7 variants + IoU at init + IoU trained)) + the longer baseline
+    assert study.count_units(study.FULL) == 2 * (5 * (1 + 3 * 9) + 1)
+    assert study.count_units({**study.FULL, "variants": ["snip"]}) == 2 * (5 * (1 + 3 * 3) + 1)
+    assert len(study.units(study.FULL, tmp_path)) == len(set(study.units(study.FULL, tmp_path))) == 282
     flags = study.design_flags(study.FULL, "disentangled", tmp_path)
     assert flags[flags.index("--config") + 1].endswith("configs/synthetic_disentangled.yaml")
     assert flags[flags.index("--data-root") + 1] == str(tmp_path / "data" / "disentangled")
+    assert {"loss_weights=[1,5,0.1]", "train.weight_decay=0.0", "train.lr_schedule=cosine"} <= set(flags)
     log = tmp_path / "run.jsonl"
     log.write_text('{"kind": "event", "iteration": 0}\n{"kind": "train", "iteration": 5, "avg_loss": 2.5}\n'
                    '{"kind": "val", "iteration": 10, "loss": 1.5, "losses": {"seg": 1.0}}\n'
@@ -177,3 +194,33 @@ def test_design_guard_names_and_logs(tmp_path):
                    '{"kind": "event", "iteration": 10, "event": "resume"}\n{"kind": "train", "iteration": 15, '
                    '"avg_loss": 2.0}\n')
     assert study.learning_curve(log) == {"val": [[10, 1.5, {"seg": 1.0}]], "train": [[5, 2.5], [15, 2.0]]}
+
+
+def test_compare_results_finds_a_planted_difference():
+    reference = _results()
+    same = json.loads(json.dumps(reference))
+    assert study.compare_results(same, reference, tolerance=1e-6) == []
+    planted = json.loads(json.dumps(reference))
+    (run,) = [r for r in planted["runs"] if (r["kind"], r["seed"], r["variant"]) == ("disentangled", 3, "snip")]
+    run["metrics"]["sn"]["Angle Mean"] += 1e-4                     # 30.2 -> 30.2001: relative 3.3e-6
+    planted["iou"][0]["layers"][1]["all"] = None                  # an IoU that became undefined
+    problems = study.compare_results(planted, reference, tolerance=1e-6)
+    assert len(problems) == 2
+    assert "('run', 'disentangled', 3, 'snip', 90.0) sn.Angle Mean: 30.2001" in problems[0]
+    assert "('iou', 'shared', 0, 'init', 90.0) 1.all: None vs reference 0.4" in problems[1]
+    assert study.compare_results(planted, reference, tolerance=1e-5)[1:] == []   # 3.3e-6 within 1e-5
+    subset = {**reference, "runs": reference["runs"][:3], "iou": []}               # a rerun of part of the grid
+    assert study.compare_results(subset, reference, tolerance=0.0) == []
+    extra = {**subset, "runs": subset["runs"] + [{**subset["runs"][0], "seed": 9}]}
+    assert study.compare_results(extra, reference, tolerance=0.0) == [
+        "('run', 'shared', 9, 'baseline', 0.0): not in the reference"]
+
+
+def test_cost_record_sums_the_invocations(tmp_path):
+    first = study.record_cost(tmp_path, {"wall_seconds": 100.5, "cpu_seconds": 190.0, "runs": 10})
+    assert (first["wall_seconds"], first["cpu_seconds"]) == (100.5, 190.0)
+    second = study.record_cost(tmp_path, {"wall_seconds": 20.25, "cpu_seconds": 39.5, "runs": 2})   # a resume
+    assert (second["wall_seconds"], second["cpu_seconds"]) == (120.75, 229.5)
+    stored = json.loads((tmp_path / "cost.json").read_text())
+    assert stored == second and [e["runs"] for e in stored["invocations"]] == [10, 2]
+    assert study.cpu_seconds() > 0

@@ -241,3 +241,43 @@ def test_lth_rounds_reach_the_exact_ratio(synthetic_root, tmp_path):
     assert final["sparsity"] == pytest.approx(0.75, abs=1e-4)
     assert all(bool((final["masks"][n] <= r1["masks"][n]).all()) for n in final["masks"])   # nested
     assert final["lth_round"] == 2 and final["iteration"] == 2
+
+
+def test_cosine_schedule_with_warmup_resumes_exactly_and_can_skip_tensorboard(synthetic_root, tmp_path):
+    # lr 4e-3, 6 steps, 2 warm-up steps; factors worked out by hand for steps 0..5:
+    # 1/2, 2/2, then 0.5 * (1 + cos(pi * t)) at t = 0, 1/4, 2/4, 3/4
+    expected = [2e-3, 4e-3, 4e-3, 4e-3 * 0.8535533905932737, 2e-3, 4e-3 * 0.14644660940672624]
+    common = ("--max-iters", "6", "--set", "train.lr=4e-3", "--set", "train.lr_schedule=cosine",
+              "--set", "train.warmup_iters=2", "--set", "train.tensorboard=false", "--set", "train.val_every=100",
+              "--set", "train.save_every=100", "--no-final-eval")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    launch_training.main(tiny_args(synthetic_root, whole, *common))
+    name = "synthetic_baseline"
+    train = [r for r in read_jsonl(whole / "logs" / f"{name}.jsonl") if r["kind"] == "train"]
+    assert [r["lr"] for r in train] == pytest.approx(expected)
+    assert not (whole / "tb").exists()                       # train.tensorboard=false: JSON lines only
+    launch_training.main(tiny_args(synthetic_root, parts, *common, "--stop-after", "3"))
+    launch_training.main(tiny_args(synthetic_root, parts, *common, "--resume"))
+    a, b = load_checkpoint(whole / f"final_{name}.pth"), load_checkpoint(parts / f"final_{name}.pth")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    resumed = [r for r in read_jsonl(parts / "logs" / f"{name}.jsonl") if r["kind"] == "train"]
+    assert [r["lr"] for r in resumed if r["iteration"] > 3] == pytest.approx(expected[3:])
+
+
+def test_cosine_factor_values_worked_out_by_hand():
+    from engine.trainer import build_scheduler, cosine_factor
+    # no warm-up, 10 steps: cos(0) -> 1, halfway cos(pi/2) -> 0.5, the end and beyond -> 0
+    assert cosine_factor(0, 10) == 1.0 and cosine_factor(5, 10) == pytest.approx(0.5)
+    assert cosine_factor(10, 10) == pytest.approx(0.0, abs=1e-12) and cosine_factor(13, 10) == pytest.approx(0.0, abs=1e-12)
+    # 4 warm-up steps: 1/4, 2/4, 3/4, 4/4, then t = (i - 4) / 6: i = 7 -> t 1/2 -> 0.5; i = 6 -> t 1/3 -> 0.75
+    assert [cosine_factor(i, 10, 4) for i in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    assert cosine_factor(7, 10, 4) == pytest.approx(0.5) and cosine_factor(6, 10, 4) == pytest.approx(0.75)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match="unknown LR schedule 'linear'"):
+        build_scheduler(optimizer, 1, 0.5, schedule="linear")
+    constant = build_scheduler(optimizer, 1, 0.5, constant=True, schedule="cosine", max_iters=4)
+    for _ in range(3):
+        optimizer.step()
+        constant.step()
+    assert optimizer.param_groups[0]["lr"] == 1.0                 # constant=True wins over the schedule

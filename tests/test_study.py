@@ -216,6 +216,20 @@ def test_compare_results_finds_a_planted_difference():
         "('run', 'shared', 9, 'baseline', 0.0): not in the reference"]
 
 
+def test_compare_results_skips_timings_and_fields_the_reference_lacks_but_not_lost_metrics():
+    reference = _results()
+    newer = json.loads(json.dumps(reference))         # a later version's metrics files: a cost block, timings
+    for number, run in enumerate(newer["runs"]):
+        run["metrics"]["cost"] = {"params": 1000 + number, "latency_ms": 7.5 + number}
+    assert study.compare_results(newer, reference, tolerance=0.0) == []
+    reference["runs"][0]["metrics"]["cost"] = {"params": 999, "latency_ms": 1.0}
+    assert study.compare_results(newer, reference, tolerance=0.0) == [
+        "('run', 'shared', 0, 'baseline', 0.0) cost.params: 1000 vs reference 999"]   # latency never compared
+    del newer["runs"][1]["metrics"]["sn"]["Angle Mean"]
+    problems = study.compare_results(newer, reference, tolerance=0.0)
+    assert len(problems) == 2 and "sn.Angle Mean: None vs reference" in problems[1]
+
+
 def test_cost_record_sums_the_invocations(tmp_path):
     first = study.record_cost(tmp_path, {"wall_seconds": 100.5, "cpu_seconds": 190.0, "runs": 10})
     assert (first["wall_seconds"], first["cpu_seconds"]) == (100.5, 190.0)

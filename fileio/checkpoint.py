@@ -89,24 +89,23 @@ def make_checkpoint(model_state: Mapping[str, torch.Tensor], config: Mapping, me
 
 
 def unpack_masks(data: Mapping, path: Any) -> dict[str, torch.Tensor] | None:
-    """The mask set of one of our checkpoints as bool tensors (None when it has none), from either layout."""
+    """The mask set of one of our checkpoints as bool tensors (None when it has none), from either layout;
+    one-line errors naming the file for anything else (the one place that checks a file's masks)."""
     stored = data.get("masks")
     if stored is None:
         return None
     if not isinstance(stored, Mapping):
-        raise CheckpointError(f"checkpoint {path} has masks of type {type(stored).__name__}, expected a dict")
-    packed = int(data.get("version", 0)) > BOOL_MASKS_VERSION
+        raise CheckpointError(f"checkpoint {path}: 'masks' must map parameter names to masks, "
+                              f"got {type(stored).__name__}")
+    if int(data.get("version", 0)) <= BOOL_MASKS_VERSION:
+        _check_tensors(stored, path, "masks", torch.bool)
+        return dict(stored)
     masks = {}
     for name, entry in stored.items():
-        if packed:
-            try:
-                masks[name] = unpack_mask(entry)
-            except ValueError as exc:
-                raise CheckpointError(f"checkpoint {path}: mask {name!r} is malformed ({exc})") from None
-        elif torch.is_tensor(entry):
-            masks[name] = entry.to(torch.bool)
-        else:
-            raise CheckpointError(f"checkpoint {path}: mask {name!r} of a version-1 file is not a tensor")
+        try:
+            masks[name] = unpack_mask(entry)
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint {path}: mask {name!r} is malformed ({exc})") from None
     return masks
 
 
@@ -139,19 +138,12 @@ def check_version(data: Mapping, path: Any, kind: str = "format", newest: int = 
 
 def check_entries(data: Mapping, path: Any) -> None:
     """One-line errors for a crafted or damaged file of our format: `model` must map names to tensors,
-    `masks` (when present) names to masks (bool tensors in a version-1 file; the bit-packed entries of later
-    versions are checked by `unpack_masks`), `tasks` / `num_classes` must be lists of str / int."""
+    `tasks` / `num_classes` must be lists of str / int (the masks are checked where they are unpacked,
+    `unpack_masks`)."""
     model = data.get("model")
     if not isinstance(model, Mapping):
         raise CheckpointError(f"checkpoint {path} has no model state ('model' must map names to tensors)")
     _check_tensors(model, path, "model")
-    masks = data.get("masks")
-    if masks is not None:
-        if not isinstance(masks, Mapping):
-            raise CheckpointError(f"checkpoint {path}: 'masks' must map parameter names to masks, "
-                                  f"got {type(masks).__name__}")
-        if int(data.get("version", 0)) <= BOOL_MASKS_VERSION:
-            _check_tensors(masks, path, "masks", torch.bool)
     for key, kind in (("tasks", str), ("num_classes", int)):
         value = data.get(key)
         if value is not None and not (isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool)

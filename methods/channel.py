@@ -88,7 +88,7 @@ class ChannelPruning(OneShotPruning):
         self.check_request(request)
         importance = self.importance(request)
         groups = channel_groups(model)
-        scores = None
+        scores = None                      # uniform thinning ranks nothing
         if self.channel_method.selection != "uniform":
             scores = score_for_method(model, groups, self.name, batches, loss_fn, list(config["tasks"]),
                                       importance=importance, loss_weights=loss_weights(config),
@@ -97,8 +97,7 @@ class ChannelPruning(OneShotPruning):
         pruned = prune_channels(model, scores, method=self.name, arbiter=request.arbiter,
                                 macs_removed=request.macs_removed, params_removed=request.params_removed,
                                 input_size=mac_input_size(config), importance=importance, groups=groups)
-        return as_prune_result(pruned, importance, reads_data=scores is not None
-                               and get_channel_importance(importance).needs_data)
+        return as_prune_result(pruned, importance, reads_data=self.reads_data(config, request))
 
     def extract(self, net: nn.Module, entries: Mapping[str, Any], tasks: Sequence[str],
                 config: Mapping) -> tuple[PruneResult, dict]:

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_report  # noqa: E402
-from fileio import atomic_write_json  # noqa: E402
+from fileio import atomic_write_json, read_json  # noqa: E402
 
 CONFIGS = {"shared": "configs/synthetic.yaml", "disentangled": "configs/synthetic_disentangled.yaml"}
 DATASET = "synthetic"                      # the configs' dataset name: it names every file
@@ -224,7 +224,7 @@ class Chain:
                                    str(folder), *baseline, "--progress", "off")
         for kind in ("last", "best"):                      # only the final weights are used from here on
             (folder / f"{kind}_{name}.pth").unlink(missing_ok=True)
-        (folder / f"seconds_{name}.json").write_text(json.dumps(seconds), encoding="utf-8")
+        write_json_atomic(folder / f"seconds_{name}.json", seconds)
         self.report(f"{variant} {ratio:g} %" if ratio is not None else variant + (f" x{factor} steps" if factor > 1
                                                                                     else ""), seconds)
 
@@ -284,10 +284,6 @@ def run_chain(design: dict, kind: str, seed: int, dest: str, start: float, done_
 
 # --------------------------------------------------------------------------- collecting the results
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def learning_curve(log: Path) -> dict[str, list]:
     """Validation points [step, loss, {task: loss}] and training points [step, mean loss since the
     previous record] from a run's JSON-lines log (logs/{name}.jsonl, README). A resumed run logged the
@@ -319,12 +315,12 @@ def collect(design: dict, dest: Path, command: str) -> dict:
                 folder = chain.folder(variant)
                 record = {"kind": kind, "seed": seed, "variant": variant, "method": method, "arbiter": arbiter,
                           "ratio": 0 if ratio is None else ratio,
-                          "metrics": _read_json(chain.metrics_path(variant, ratio)),
-                          "seconds": _read_json(folder / f"seconds_{name}.json"),
+                          "metrics": read_json(chain.metrics_path(variant, ratio), "metrics file", dict),
+                          "seconds": read_json(folder / f"seconds_{name}.json", "timings file", dict),
                           "train_curve": learning_curve(folder / "logs" / f"{name}.jsonl")["train"]}
                 report = folder / f"{name}_report.json"
                 if report.is_file():                        # the pruning report: per-layer kept counts
-                    summary = _read_json(report)
+                    summary = read_json(report, "pruning report", dict)
                     record["pruning"] = summary.get("pruning", {})
                 runs.append(record)
                 if method == "baseline":
@@ -332,7 +328,7 @@ def collect(design: dict, dest: Path, command: str) -> dict:
                                    **learning_curve(folder / "logs" / f"{name}.jsonl")})
             for ratio in design["ratios"]:
                 for source in IOU_SOURCES:
-                    data = _read_json(chain.iou_path(ratio, source))
+                    data = read_json(chain.iou_path(ratio, source), "IoU analysis", dict)
                     iou.append({"kind": kind, "seed": seed, "ratio": ratio, "source": source,
                                 "saliency": data.get("saliency"), "keep_ratio": data.get("keep_ratio"),
                                 "overall": data.get("overall"), "watershed": data.get("watershed"),
@@ -343,7 +339,7 @@ def collect(design: dict, dest: Path, command: str) -> dict:
             chain = Chain(design, kind, seed, dest)
             folder = chain.folder("baseline", factor)
             plateau.append({"kind": kind, "seed": seed, "factor": factor, "steps": design["steps"][kind] * factor,
-                            "metrics": _read_json(chain.metrics_path("baseline", None, factor)),
+                            "metrics": read_json(chain.metrics_path("baseline", None, factor), "metrics file", dict),
                             **learning_curve(folder / "logs" / f"{run_name('baseline', None)}.jsonl")})
     return {"design": design, "command": command, "runs": runs, "iou": iou, "curves": curves, "plateau": plateau}
 
@@ -364,7 +360,7 @@ def record_cost(dest: Path, entry: dict) -> dict:
     """Append one invocation's cost to {dest}/cost.json and return the totals over all invocations (a
     resumed study is the sum of its pieces; a killed invocation records nothing)."""
     path = dest / "cost.json"
-    entries = _read_json(path)["invocations"] if path.is_file() else []
+    entries = read_json(path, "cost record", dict)["invocations"] if path.is_file() else []
     entries.append(entry)
     totals = {"invocations": entries, "wall_seconds": sum(e["wall_seconds"] for e in entries),
               "cpu_seconds": sum(e["cpu_seconds"] for e in entries)}
@@ -483,7 +479,7 @@ def check_design(design: dict, dest: Path) -> None:
     """Refuse to mix two designs in one folder; record the design on first use."""
     path = dest / "design.json"
     if path.is_file():
-        stored = _read_json(path)
+        stored = read_json(path, "study design", dict)
         if stored != design:
             diff = ", ".join(f"{k}={stored.get(k)!r} (now {design.get(k)!r})" for k in sorted(set(stored) | set(design))
                              if stored.get(k) != design.get(k))
@@ -547,9 +543,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"wrote {results_path}", flush=True)
         if not results_path.is_file():
             raise StudyError(f"{results_path} not found: run the study first (without --report-only)")
-        results = _read_json(results_path)
+        results = read_json(results_path, "study results", dict)
         if args.compare:
-            problems = compare_results(results, _read_json(Path(args.compare)), args.tolerance)
+            problems = compare_results(results, read_json(args.compare, "--compare reference", dict), args.tolerance)
             for line in problems[:40]:
                 print(f"differs: {line}")
             print(f"compared {len(results['runs'])} runs and {len(results['iou'])} IoU analyses with {args.compare}: "
@@ -559,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = study_report.write_report(results, report_dir)
         print(f"wrote {path}")
         return 0
-    except StudyError as exc:
+    except (StudyError, ValueError, FileNotFoundError) as exc:      # read_json's errors are one line too
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -1,11 +1,19 @@
 """Atomic file writes: the one place that writes a file so that a crash never leaves half of it.
 
 Every writer goes through `atomic_write`: the content is written to a temporary file
-`.{name}.XXXXXXXX.tmp` in the target's folder (same file system, so the rename is atomic), flushed and
+`.{name}.XXXXXXXX.tmp` in the target's folder (same file system, so the rename is atomic), flushed,
 fsynced, given the mode `0o666 & ~umask`, then renamed over the target. If anything fails (the writer
 raises, the disk fills, the process is interrupted) the temporary file is removed and the target is left
 as it was: the old file, or no file. Parent folders are created. JSON files are written by
 `fileio.json_file.atomic_write_json` on top of these.
+
+The rename alone makes a write safe against a killed process: the file is complete or absent. The fsync
+adds safety against a crash of the whole machine (power loss, kernel panic) before the kernel has written
+the data back, after which a renamed but unsynced file can be empty or cut short. It costs what the disk
+needs to take the whole file, about half a second for a full-size net here. `durable=False` skips it for
+large files that the same command regenerates exactly (create_pruned_net.py's pruned net and its
+exports); training state, which a run resumes from and cannot recompute cheaply, is always fsynced. A
+file cut short by such a crash is refused on load as unreadable or truncated (docs/RELIABILITY.md).
 
 Modes follow the umask, for new files and for replaced ones alike (a replaced file gets the mode a new
 file would get, not the old file's): `mkstemp` alone would make every checkpoint 0600.
@@ -153,8 +161,9 @@ def remove_stale_temporaries(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return removed
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call `write(handle)` on a temporary binary file beside `path`, fsync, then rename it to `path`."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], durable: bool = True) -> Path:
+    """Call `write(handle)` on a temporary binary file beside `path`, fsync (when `durable`), then rename it
+    to `path`."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +175,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             write(handle)
             handle.flush()
             os.fchmod(handle.fileno(), file_mode())
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):
@@ -187,8 +197,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """`torch.save(obj)` written atomically (checkpoints, compact exports)."""
+def atomic_save(obj: Any, path: str | os.PathLike, durable: bool = True) -> Path:
+    """`torch.save(obj)` written atomically (checkpoints, compact exports); `durable` as in `atomic_write`."""
     import torch
 
-    return atomic_write(path, lambda handle: torch.save(obj, handle))
+    return atomic_write(path, lambda handle: torch.save(obj, handle), durable)

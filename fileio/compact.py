@@ -206,10 +206,11 @@ def compact_state(model_state: Mapping[str, torch.Tensor], masks: Mapping[str, t
 
 def save_compact(path: str | os.PathLike, model_state: Mapping[str, torch.Tensor],
                  masks: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None,
-                 values_dtype: torch.dtype = torch.float32, drop_pruned_values: bool = False) -> None:
-    """Write the compact file atomically (temporary file, fsync, rename). `meta` must be plain types
-    (tasks, num_classes, config, method, sparsity, ...)."""
-    atomic_save(compact_state(model_state, masks, meta, values_dtype, drop_pruned_values), path)
+                 values_dtype: torch.dtype = torch.float32, drop_pruned_values: bool = False,
+                 durable: bool = True) -> None:
+    """Write the compact file atomically (temporary file, fsync unless `durable=False`, rename; see
+    `fileio.atomic`). `meta` must be plain types (tasks, num_classes, config, method, sparsity, ...)."""
+    atomic_save(compact_state(model_state, masks, meta, values_dtype, drop_pruned_values), path, durable)
 
 
 def expand_state(data: Mapping[str, Any], source: Any = "compact file") -> tuple[OrderedDict, dict, dict]:

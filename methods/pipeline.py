@@ -217,13 +217,13 @@ def write_pruned_net(files: RunFiles, model: nn.Module, config: Mapping, method:
                      extra: Mapping[str, Any], export_compact: bool = False) -> Path:
     """Write the pruned net `files.pruned` (our checkpoint), its per-layer report (`_report.csv` / `.json`,
     printed; for a channel-pruned net the per-group widths in `_report.json`) and, when asked, the compact
-    export; returns the checkpoint's path."""
+    export; returns the checkpoint's path. The nets are written atomically but not fsynced
+    (`durable=False`, see `fileio.atomic`): rerunning the command regenerates them exactly. They are written
+    after the (fsynced) reports: on a journalling file system an fsync can wait for other files' pending
+    data, and a report's fsync after the net's write would sync the net after all."""
     net = result.model if result.model is not None else model
     if result.model is None and result.masks is not None:
         apply_masks(net, result.masks)
-    path = files.pruned
-    atomic_save(make_checkpoint(net.state_dict(), config, method, masks=result.masks, sparsity=result.sparsity,
-                                **result.entries, **extra), path)
     if result.masks is None and "channels" in result.entries:     # a channel-pruned net: widths, not masks
         summary = {**channel_summary(result.entries["channels"]), "pruning": {"method": method, **extra}}
         report.write_json(summary, files.sibling("_report.json"))
@@ -235,13 +235,17 @@ def write_pruned_net(files: RunFiles, model: nn.Module, config: Mapping, method:
         report.write_csv(summary["layers"], files.sibling("_report.csv"))
         report.write_json(summary, files.sibling("_report.json"))
         print(report.format_table(summary))
+    path = files.pruned
+    atomic_save(make_checkpoint(net.state_dict(), config, method, masks=result.masks, sparsity=result.sparsity,
+                                **result.entries, **extra), path, durable=False)
     if export_compact:
         if result.masks is None:
             raise ValueError(f"--export-compact needs a masked net; {method} writes a dense one")
         compact_path = files.sibling(".compact.pth")
         compact.save_compact(compact_path, net.state_dict(), result.masks,
                              meta={"tasks": list(config["tasks"]), "num_classes": list(config["num_classes"]),
-                                   "config": config, "method": method, "sparsity": result.sparsity})
+                                   "config": config, "method": method, "sparsity": result.sparsity},
+                             durable=False)
         print(f"compact export: {compact_path} ({compact_path.stat().st_size / path.stat().st_size:.1%} "
               f"of the checkpoint)")
     return path

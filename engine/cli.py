@@ -10,8 +10,11 @@ scripts and tests can call them in-process.
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
+import os
 import sys
+import threading
 import time
 from typing import Callable, NoReturn
 
@@ -152,8 +155,21 @@ def run_main(main: Callable[[], object]) -> int:
 def exit_process(code: int) -> NoReturn:
     """End a tool's process with status `code` (its `if __name__ == "__main__"` line, not `main`).
 
-    Everything alive is frozen out of the garbage collector first: the interpreter's exit otherwise walks
-    torch's whole object graph in several collection passes, which took 1.5-3 s on a busy 2-core machine.
-    atexit handlers, stream flushing and the finalisers of objects freed at exit still run."""
+    The interpreter's own teardown is skipped: after a tool's work only memory is left to release, and
+    Python would spend a noticeable part of a pruning run's finish walking torch's object graph (several
+    garbage-collection passes) and freeing the net tensor by tensor, where the kernel frees the whole
+    address space at once. What must happen still happens first: every atexit handler (log handlers,
+    multiprocessing's reaping of loader workers, torch's own), then stdout and stderr are flushed.
+    Files the tools write are closed by their own `with` blocks before this point. While another
+    non-daemon thread is alive the normal exit runs instead, since Python would wait for that thread."""
     gc.freeze()
-    sys.exit(code)
+    if any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
+           if thread is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):     # a closed pipe or stream: nothing left to deliver
+            pass
+    os._exit(code)

@@ -409,3 +409,65 @@ def test_batch_size_zero_is_refused_everywhere(synthetic_root, tmp_path, capsys,
             "static_similarity": static_similarity.main}[tool]
     assert one_line_error(capsys, main, *args, *extra, "--batch-size", "0") == \
         "error: --batch_size must be positive, got 0"
+
+
+# ------------------------------------------------------------------ which writes are fsynced (fileio.atomic)
+
+
+def fsynced_targets(monkeypatch) -> list[str]:
+    """Spy on `os.fsync`: the list fills with the name of the file each fsync was for (the target a temporary
+    `.{name}.XXXXXXXX.tmp` stands for)."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to name the file an fsync was for")
+    names: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        name = Path(os.readlink(f"/proc/self/fd/{fd}")).name
+        names.append(name[1:].rsplit(".", 2)[0] if name.endswith(".tmp") else name)
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", spy)
+    return names
+
+
+def test_pruned_nets_are_not_fsynced_but_training_state_is(synthetic_root, tmp_path, monkeypatch):
+    synced = fsynced_targets(monkeypatch)
+    dest = tmp_path / "durability"
+    create_pruned_net.main(tiny_run_args(synthetic_root, dest, "--method", "snip", "--export-compact", *PRUNE))
+    written = {path.name for path in dest.glob("synthetic_snip_90*")}
+    assert {"synthetic_snip_90.pth", "synthetic_snip_90.compact.pth", "synthetic_snip_90_report.json"} <= written
+    # the nets, which the same command regenerates exactly, are renamed into place without an fsync;
+    # the small report files keep theirs
+    assert "synthetic_snip_90.pth" not in synced and "synthetic_snip_90.compact.pth" not in synced, synced
+    assert {"synthetic_snip_90_report.json", "synthetic_snip_90_report.csv"} <= set(synced), synced
+    assert load_checkpoint(dest / "synthetic_snip_90.pth")["masks"]          # complete and readable
+
+    synced.clear()
+    launch_training.main(tiny_run_args(synthetic_root, dest, "--method", "snip", *TRAIN))
+    assert any(name.endswith(".pth") for name in synced), synced            # what a resume starts from
+
+
+EXIT_SCRIPT = """
+import atexit, sys, threading, time
+sys.path.insert(0, {root!r})
+from engine.cli import exit_process
+atexit.register(lambda: print("atexit ran"))
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+if {non_daemon}:
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished"))).start()
+sys.stdout.write("#" * 100000)          # still in the buffer
+exit_process(3)
+"""
+
+
+@pytest.mark.parametrize("non_daemon", [False, True])
+def test_exit_process_runs_atexit_flushes_and_keeps_the_status(non_daemon):
+    """The fast exit (no interpreter teardown; the finish it saves is in docs/BENCHMARKS.md (f)) still runs
+    the atexit handlers, delivers buffered output, keeps the status and waits for a non-daemon thread."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT.format(root=str(ROOT), non_daemon=non_daemon)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.count("#") == 100000 and "atexit ran" in proc.stdout
+    assert time.perf_counter() - start < 30                           # the sleeping daemon thread is not waited for
+    assert ("thread finished" in proc.stdout) == non_daemon

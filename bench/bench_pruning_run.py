@@ -20,14 +20,17 @@ Scoring = from the start of `create_pruned_net.py`'s `__main__` (config, data, n
 of `compute_scores`; wall time, system time and minor page faults of the process and its reaped children
 (the loader workers), per batch. Ratios `default / num_workers=0` are taken per round and summarised as
 median [min-max]. Finish = from the return of `OneShotPruning.prune` (masks made) to the end of the
-process: applying the masks, saving, the report, printing, interpreter exit. Beside it, a `dense save`
-child writes only the dense checkpoint and exits: the I/O floor of the finish on this machine's disk.
+process: applying the masks, saving, the report, printing, interpreter exit. Beside it, `dense save` children
+write only the dense checkpoint and exit: the I/O floor of the finish on this machine's disk, once written
+as create_pruned_net.py writes its net (atomic, not fsynced: `durable=False`, see fileio/atomic.py) and once
+fsynced as training checkpoints are.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,7 +102,8 @@ def child_run(args: argparse.Namespace) -> None:
 
 
 def child_dense_save(args: argparse.Namespace) -> None:
-    """Write the full net's dense checkpoint and end the process as the tools do: the I/O floor of the finish."""
+    """Write the full net's dense checkpoint (fsynced when `--workers fsync`) and end the process as the tools
+    do: the I/O floor of the finish."""
     from engine.cli import exit_process
     from engine.config import load_config
     from fileio import atomic_save, make_checkpoint
@@ -108,7 +112,8 @@ def child_dense_save(args: argparse.Namespace) -> None:
     state = build_model(config, "cpu").state_dict()
     marks: dict = {}
     mark(marks, "pruned")
-    atomic_save(make_checkpoint(state, config, "baseline"), Path(args.dest) / "dense.pth")
+    atomic_save(make_checkpoint(state, config, "baseline"), Path(args.dest) / "dense.pth",
+                durable=args.workers == "fsync")
     mark(marks, "main_end")
     print(json.dumps(marks), flush=True)
     exit_process(0)
@@ -169,12 +174,14 @@ def main() -> None:
     sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="disparse-bench-", dir=args.tmpdir) as folder:
         for r in range(args.repeats):
-            jobs = [(case, variant) for case in cases for variant in variants] + [(None, ("", "dense"))]
+            jobs = ([(case, variant) for case in cases for variant in variants]
+                    + [(None, ("", "dense")), (None, ("", "dense_fsync"))])
             for case, (prefix, workers) in (jobs if r % 2 == 0 else jobs[::-1]):
-                dest = Path(folder) / f"{prefix.strip(': ')}{workers}"
-                dest.mkdir(exist_ok=True)
+                dest = Path(folder) / f"{prefix.strip(': ')}{workers}"     # fresh for every run, as in the
+                dest.mkdir()                                                # issue's check: no file is replaced
                 if case is None:
-                    marks = launch(ROOT, ["--child", "dense_save", "--dest", str(dest)], args.threads)
+                    marks = launch(ROOT, ["--child", "dense_save", "--dest", str(dest), "--workers",
+                                          "fsync" if workers == "dense_fsync" else "default"], args.threads)
                     sizes["dense"] = (dest / "dense.pth").stat().st_size
                 else:
                     batches, crop = case
@@ -184,6 +191,7 @@ def main() -> None:
                                    args.threads)
                     sizes[prefix] = (dest / "nyuv2_disparse_static_90.pth").stat().st_size
                 runs.setdefault((case, prefix, workers), []).append(marks)
+                shutil.rmtree(dest)
                 print(f"round {r + 1}: {case} {prefix}{workers} done", file=sys.stderr, flush=True)
     print_report(cases, variants, runs, sizes)
 
@@ -210,9 +218,9 @@ def print_report(cases, variants, runs, sizes) -> None:
                 ["case", "variant", "wall s", "system s", "minor faults", "wall / num_workers=0",
                  "system / num_workers=0", "faults / num_workers=0"], rows)
     rows = []
-    dense = runs[(None, "", "dense")]
-    floor = [m["exit"] - m["pruned"]["t"] for m in dense]
-    rows.append(["dense save only", "-", summary(floor), "-", "-", "-", "-", "-"])
+    for kind, what in (("dense", "dense save only, not fsynced"), ("dense_fsync", "dense save only, fsynced")):
+        floor = [m["exit"] - m["pruned"]["t"] for m in runs[(None, "", kind)]]
+        rows.append([what, "-", summary(floor), "-", "-", "-", "-", "-"])
     for batches, crop in cases:
         for prefix, workers in variants:
             own = runs[((batches, crop), prefix, workers)]

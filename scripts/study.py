@@ -123,7 +123,8 @@ def design_flags(design: dict, kind: str, dest: Path) -> list[str]:
             "train.tensorboard": "false", "train.save_every": max(1, steps // 4), "train.log_every": max(1, steps // 40),
             "dynamic.end": max(1, (3 * steps) // 4), "dynamic.interval": max(1, steps // 25),
             "pruning.num_batches": design["num_batches"]}
-    flags = ["--config", str(ROOT / CONFIGS[kind]), "--data-root", str(dest / "data" / kind), "--device", "cpu"]
+    flags = ["--config", str(ROOT / CONFIGS[kind]), "--data-root", str(dest / "data" / kind),
+             "--device", design.get("device", "cpu")]
     for key, value in sets.items():
         flags += ["--set", f"{key}={value}"]
     return flags
@@ -461,6 +462,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=steps_per_kind, default=None, metavar="N|KIND=N,...",
                         help="training steps of every net: one number for both kinds, or per kind "
                              "(shared=600,disentangled=1200)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where every net is trained, pruned and evaluated (default cpu: the numbers in "
+                             "docs/RESULTS.md are CPU numbers, and only CPU runs repeat them exactly)")
     return parser.parse_args(argv)
 
 
@@ -472,7 +476,18 @@ def resolve_design(args: argparse.Namespace) -> dict:
     if args.steps is not None:
         design["steps"] = {**design["steps"], **args.steps}
     design["ratios"] = [int(r) if float(r).is_integer() else float(r) for r in design["ratios"]]
+    if args.device != "cpu":            # recorded only when not the default, so CPU designs stay as published
+        design["device"] = args.device
     return design
+
+
+def check_device(design: dict) -> None:
+    """A one-line error before any run when the design asks for a GPU this machine does not have."""
+    import torch
+
+    if design.get("device", "cpu") == "cuda" and not torch.cuda.is_available():
+        raise StudyError("--device cuda: no CUDA device here (torch.cuda.is_available() is False); run on a "
+                         "machine with a GPU, or without --device for the CPU")
 
 
 def check_design(design: dict, dest: Path) -> None:
@@ -509,6 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(["python", "scripts/study.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         if not args.report_only:
+            check_device(design)
             check_design(design, dest)
             os.environ.setdefault("OMP_NUM_THREADS", "1")
             os.environ.setdefault("MKL_NUM_THREADS", "1")

@@ -238,3 +238,21 @@ def test_cost_record_sums_the_invocations(tmp_path):
     stored = json.loads((tmp_path / "cost.json").read_text())
     assert stored == second and [e["runs"] for e in stored["invocations"]] == [10, 2]
     assert study.cpu_seconds() > 0
+
+
+def test_device_is_passed_to_every_cli_and_kept_out_of_cpu_designs(tmp_path, monkeypatch, capsys):
+    cpu = study.resolve_design(study.parse_args([]))
+    assert "device" not in cpu and cpu == {**study.FULL}          # the published CPU design, unchanged
+    flags = study.design_flags(cpu, "shared", tmp_path)
+    assert flags[flags.index("--device") + 1] == "cpu"
+    gpu = study.resolve_design(study.parse_args(["--device", "cuda", "--steps", "2000"]))
+    flags = study.design_flags(gpu, "shared", tmp_path)
+    assert flags[flags.index("--device") + 1] == "cuda" and gpu["steps"] == {"shared": 2000, "disentangled": 2000}
+    study.check_design(cpu, tmp_path)
+    with pytest.raises(study.StudyError, match=r"device=None \(now 'cuda'\)"):      # no mixing in one folder
+        study.check_design(gpu, tmp_path)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert study.main(["--device", "cuda", "--quick", "--dest", str(tmp_path / "gpu")]) == 1
+    assert not (tmp_path / "gpu").exists()                          # refused before anything was written
+    assert capsys.readouterr().err.strip() == ("error: --device cuda: no CUDA device here (torch.cuda.is_available() "
+                                               "is False); run on a machine with a GPU, or without --device for the CPU")

@@ -1,4 +1,4 @@
-"""Atomic file writes: the one place that writes a file so that a crash never leaves half of it.
+"""Atomic file writes: the one place that writes a file so that a failure never leaves half of it.
 
 Every writer goes through `atomic_write`: the content is written to a temporary file
 `.{name}.XXXXXXXX.tmp` in the target's folder (same file system, so the rename is atomic), flushed,
@@ -9,9 +9,9 @@ as it was: the old file, or no file. Parent folders are created. JSON files are 
 
 The rename alone makes a write safe against a killed process: the file is complete or absent. The fsync
 adds safety against a crash of the whole machine (power loss, kernel panic) before the kernel has written
-the data back, after which a renamed but unsynced file can be empty or cut short. It costs what the disk
-needs to take the whole file, about half a second for a full-size net here. `durable=False` skips it for
-large files that the same command regenerates exactly (create_pruned_net.py's pruned net and its
+the data back, after which a renamed but unsynced file can be empty or cut short. It makes the writer wait
+until the disk holds the whole file (the finish of a pruning run, docs/BENCHMARKS.md (f)), so
+`durable=False` skips it for large files that the same command regenerates exactly (create_pruned_net.py's pruned net and its
 exports); training state, which a run resumes from and cannot recompute cheaply, is always fsynced. A
 file cut short by such a crash is refused on load as unreadable or truncated (docs/RELIABILITY.md).
 

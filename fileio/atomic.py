@@ -9,11 +9,12 @@ as it was: the old file, or no file. Parent folders are created. JSON files are 
 
 The rename alone makes a write safe against a killed process: the file is complete or absent. The fsync
 adds safety against a crash of the whole machine (power loss, kernel panic) before the kernel has written
-the data back, after which a renamed but unsynced file can be empty or cut short. It makes the writer wait
-until the disk holds the whole file (the finish of a pruning run, docs/BENCHMARKS.md (f)), so
-`durable=False` skips it for large files that the same command regenerates exactly (create_pruned_net.py's pruned net and its
-exports); training state, which a run resumes from and cannot recompute cheaply, is always fsynced. A
-file cut short by such a crash is refused on load as unreadable or truncated (docs/RELIABILITY.md).
+the data back, after which a renamed but unsynced file can be empty or cut short. It makes the writer
+wait until the disk holds the whole file (most of a pruning run's finish, docs/BENCHMARKS.md (f)), so
+`durable=False` skips it for large files that the same command regenerates exactly (create_pruned_net.py's
+pruned net and its exports); training state, which a run resumes from and cannot recompute cheaply, is
+always fsynced. A file cut short by such a crash is refused on load as unreadable or truncated
+(docs/RELIABILITY.md).
 
 Modes follow the umask, for new files and for replaced ones alike (a replaced file gets the mode a new
 file would get, not the old file's): `mkstemp` alone would make every checkpoint 0600.

@@ -81,7 +81,11 @@ class DeepLabResNet34(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """N(0, 0.01^2) for every conv, BN at identity: the original trains from scratch this way."""
+        """N(0, 0.01^2) for every conv, BN at identity: the original trains from scratch this way. A net built
+        on the meta device (shapes only: the tools' structure and key checks) has no values to initialise, and
+        torch's meta kernel for `normal_` would load torch._dynamo, seconds of a tool's start-up."""
+        if self.conv1.weight.is_meta:
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0.0, 0.01)

@@ -71,6 +71,17 @@ def test_output_sizes(size, expected):
     assert out["sn"].shape == (1, 3, *expected)
 
 
+def test_a_net_built_on_the_meta_device_has_every_entry_of_a_real_one():
+    """The tools build shape-only nets on the meta device (task structure, original-format key checks); the
+    backbone's init is skipped there, nothing else."""
+    with torch.device("meta"):
+        meta = MultiTaskNet({"seg": 40, "sn": 3}, width_mult=0.25)
+    real = MultiTaskNet({"seg": 40, "sn": 3}, width_mult=0.25)
+    meta_state, real_state = meta.state_dict(), real.state_dict()
+    assert list(meta_state) == list(real_state)
+    assert all(meta_state[k].is_meta and meta_state[k].shape == v.shape for k, v in real_state.items())
+
+
 def test_backbone_init_is_normal_001_and_heads_default():
     torch.manual_seed(0)
     net = MultiTaskNet({"seg": 40}, width_mult=0.5)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fileio import atomic_save, make_checkpoint
 from engine.config import load_config
@@ -33,6 +34,7 @@ def assert_one_line_error(proc, *fragments):
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpts")
     config = load_config("synthetic")
+    torch.manual_seed(0)                    # the same weights whichever tests ran before in this process
     model = build_model(config)
     dense = folder / "dense.pth"
     atomic_save(make_checkpoint(model.state_dict(), config, "baseline"), dense)

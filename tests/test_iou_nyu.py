@@ -63,8 +63,8 @@ def test_nyu_iou_falls_with_depth(tmp_path):
 
 def test_similarity_cache_reused_and_forced(tmp_path):
     _needs_pruning_modules()
-    base = ["static_similarity.py", "--dataset", "nyuv2", *COMMON, "--set", "model.width_mult=0.125",
-            "--set", "tasks=[seg, sn, depth]", "--set", "num_classes=[40, 3, 1]", "--set", "loss_weights=[1, 20, 3]",
+    base = ["static_similarity.py", "--dataset", "nyuv2", *COMMON, "--set", "model.width_mult=0.0625",
+            "--set", "data.crop_h=129", "--set", "data.crop_w=129", "--set", "tasks=[seg, sn, depth]", "--set", "num_classes=[40, 3, 1]", "--set", "loss_weights=[1, 20, 3]",
             "--num_seeds", "1", "--sparsities", "50,90", "--dump_dir", tmp_path / "dump",
             "--table_json", tmp_path / "table.json", "--no_plot"]
     cache_dir = tmp_path / "dump" / "nyuv2"

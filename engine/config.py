@@ -141,7 +141,7 @@ def validate(config: Mapping) -> None:
                 "pruning.num_batches", "analysis.num_batches", "pruning.batch_size", "dynamic.interval", "dynamic.growth_splits"):
         if flat[key] <= 0:
             raise ConfigError(f"config key {key!r} must be positive, got {flat[key]}")
-    if not 0 <= flat.get("model.dropout", 0.5) < 1:
+    if "model.dropout" in flat and not 0 <= flat["model.dropout"] < 1:
         raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {flat['model.dropout']}")
     if flat.get("train.warmup_iters", 0) < 0:
         raise ConfigError(f"config key 'train.warmup_iters' must be >= 0, got {flat['train.warmup_iters']}")

@@ -145,9 +145,10 @@ class TrainOptions:
         values = dict(max_iters=int(t["max_iters"]), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]),
                       lr_decay_every=int(t["lr_decay_every"]), lr_decay_rate=float(t["lr_decay_rate"]),
                       val_every=int(t["val_every"]), save_every=int(t["save_every"]),
-                      log_every=int(t["log_every"]), precision=str(t["precision"]),
-                      lr_schedule=str(t.get("lr_schedule", "step")), warmup_iters=int(t.get("warmup_iters", 0)),
-                      tensorboard=bool(t.get("tensorboard", True)))
+                      log_every=int(t["log_every"]), precision=str(t["precision"]))
+        # optional keys (engine.config.OPTIONAL_KEYS): when absent, the field's default above applies
+        optional = {"lr_schedule": str, "warmup_iters": int, "tensorboard": bool}
+        values.update({key: kind(t[key]) for key, kind in optional.items() if key in t})
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

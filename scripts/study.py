@@ -456,7 +456,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="pruned methods to run (default: all); the dense baseline always runs")
     parser.add_argument("--compare", default=None, metavar="RESULTS_JSON",
                         help="after the runs, compare every metric and IoU with the same runs in this results JSON "
-                             "(e.g. docs/study/results.json) instead of writing a report; exit 1 on a difference")
+                             "(e.g. docs/study/per_seed_results.json) instead of writing a report; exit 1 on a difference")
     parser.add_argument("--tolerance", type=float, default=1e-6,
                         help="relative difference --compare accepts (default 1e-6; CPU runs of one commit are equal)")
     parser.add_argument("--steps", type=steps_per_kind, default=None, metavar="N|KIND=N,...",

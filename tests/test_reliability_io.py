@@ -334,6 +334,9 @@ def test_truncated_similarity_cache_is_recomputed(tmp_path):
     ("pruning.paper_keep_ratios={disparse_static: [0.1]}",
      "config key 'pruning.paper_keep_ratios.disparse_static' must map sparsities in percent to keep ratios"),
     ("dist.timeout_s=0", "config key 'dist.timeout_s' must be a positive number of seconds or null, got 0"),
+    ("model.dropout=1.0", "config key 'model.dropout' must be in [0, 1), got 1.0"),
+    ("train.warmup_iters=-1", "config key 'train.warmup_iters' must be >= 0, got -1"),
+    ("train.lr_schedule=linear", "config key 'train.lr_schedule' must be one of step, cosine, got 'linear'"),
 ])
 def test_bad_config_values_name_the_key(item, fragment):
     with pytest.raises(ConfigError) as info:

@@ -22,11 +22,15 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # the repository, when run as a script
+from fileio import atomic_write, atomic_write_text  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -486,10 +490,10 @@ def _finish_row(axes, ylabel: str) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    """Write the PNG and free the figure."""
+    """Write the PNG (atomically, as every file of the project) and free the figure."""
     import matplotlib.pyplot as plt
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=90))
     plt.close(fig)
 
 
@@ -639,12 +643,10 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, plots: bool = 
             plot(results, figures[-1])
     serialisable = [{**{k: v for k, v in row.items() if k != "interval"}, **vars(row["interval"]),
                      "significant": row["interval"].significant} for row in rows]
-    (out / "contrasts.json").write_text(json.dumps(serialisable, indent=1, allow_nan=True) + "\n", encoding="utf-8")
-    (out / "per_seed_results.json").write_text(json.dumps(per_seed_results(results), indent=1, allow_nan=True) + "\n",
-                                               encoding="utf-8")
-    path = out / "STUDY.md"
-    path.write_text(markdown(results, rows, [str(f) for f in figures]), encoding="utf-8")
-    return path
+    atomic_write_text(out / "contrasts.json", json.dumps(serialisable, indent=1, allow_nan=True) + "\n")
+    atomic_write_text(out / "per_seed_results.json",
+                      json.dumps(per_seed_results(results), indent=1, allow_nan=True) + "\n")
+    return atomic_write_text(out / "STUDY.md", markdown(results, rows, [str(f) for f in figures]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
